@@ -1,0 +1,136 @@
+"""Each health rule fires on the pattern it names, and stays quiet on a healthy run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tb_gradstats import alerts, metadata
+from tb_gradstats.reader import GroupData, RunData
+
+COLUMNS = metadata.metric_names(("float16", "bfloat16"))
+T = 40
+
+
+def _healthy(n_rows: int = 3) -> np.ndarray:
+    stats = np.full((T, n_rows, len(COLUMNS)), 0.0)
+    stats[..., COLUMNS.index("count")] = 100
+    stats[..., COLUMNS.index("zero_fraction")] = 0.01
+    stats[..., COLUMNS.index("l2_norm")] = 1.0
+    return stats
+
+
+def _run(stats=None, group="float32", policy="float32", step_values=None) -> RunData:
+    stats = _healthy() if stats is None else stats
+    steps = np.arange(T, dtype=np.int64) * 10
+    g = GroupData(group, ["*", "a/kernel", "b/kernel"], ["group", "dense", "dense"], COLUMNS,
+                  {}, steps, stats, np.zeros(0, np.int64), [])
+    sv = np.tile([1.0, 0, 1, 0, 0], (T, 1)) if step_values is None else step_values
+    return RunData("r", {group: g}, steps, sv, list(metadata.STEP_METRICS), {"policy": policy})
+
+
+def _rules(data, **kw):
+    return [(a.rule, a.severity, a.layer) for a in alerts.evaluate(data, alerts.Thresholds(**kw))]
+
+
+def test_healthy_run_has_no_alerts():
+    assert _rules(_run()) == []
+
+
+def test_non_finite_reports_first_and_last_step():
+    stats = _healthy()
+    stats[7, 2, COLUMNS.index("nan_count")] = 3
+    stats[9, 2, COLUMNS.index("inf_count")] = 5
+    (a,) = alerts.evaluate(_run(stats))
+    assert (a.rule, a.severity, a.layer, a.first_step, a.last_step, a.value) == (
+        "non_finite", "error", "b/kernel", 70, 90, 5.0)
+
+
+def test_vanishing_norm_and_exploding_norm():
+    stats = _healthy()
+    stats[:, 1, COLUMNS.index("l2_norm")] = np.logspace(0, -5, T)
+    stats[:, 2, COLUMNS.index("l2_norm")] = np.logspace(0, 5, T)
+    got = _rules(_run(stats))
+    assert ("exploding", "error", "b/kernel") in got
+    assert ("vanishing", "warning", "a/kernel") in got
+    assert len(got) == 2
+
+
+def test_norm_drop_below_threshold_is_quiet():
+    stats = _healthy()
+    stats[:, 1, COLUMNS.index("l2_norm")] = np.logspace(0, -2, T)  # 100x < 1000x
+    assert _rules(_run(stats)) == []
+
+
+def test_zero_fraction_rising_is_vanishing():
+    stats = _healthy()
+    stats[:, 1, COLUMNS.index("zero_fraction")] = np.linspace(0.1, 0.97, T)
+    assert _rules(_run(stats)) == [("vanishing", "warning", "a/kernel")]
+
+
+def test_dead_layer_needs_consecutive_steps():
+    stats = _healthy()
+    zf = COLUMNS.index("zero_fraction")
+    stats[5:30, 1, zf] = 1.0  # 25 consecutive
+    stats[::2, 2, zf] = 1.0  # 20 in total but never 2 in a row
+    got = alerts.evaluate(_run(stats))
+    assert [(a.rule, a.layer, a.value, a.first_step, a.last_step) for a in got] == [
+        ("dead_layer", "a/kernel", 25.0, 50, 290)]
+    assert _rules(_run(stats), dead_min_steps=26) == []
+
+
+def test_range_risk_uses_the_compute_dtype_of_the_group():
+    stats = _healthy()
+    stats[3, 1, COLUMNS.index("underflow_fraction/float16")] = 0.2
+    stats[4, 2, COLUMNS.index("overflow_fraction/float16")] = 1e-3
+    stats[:, :, COLUMNS.index("underflow_fraction/bfloat16")] = 0.5  # not this run's dtype
+    got = _rules(_run(stats, group="float32@float16"))
+    assert sorted(got) == [("overflow_risk", "error", "b/kernel"),
+                           ("underflow_risk", "warning", "a/kernel")]
+    # A float32 run has no low-precision dtype: no range alerts at all.
+    assert _rules(_run(stats)) == []
+    # The policy names the dtype when the group does not.
+    assert ("underflow_risk", "warning", "a/kernel") in _rules(_run(stats, policy="mixed_float16"))
+
+
+def test_loss_scale_collapse_skipped_and_nonfinite_applied():
+    sv = np.tile([2.0**15, 0, 1, 0, 0], (T, 1))
+    sv[20:, 0] = 1.0
+    sv[10:22, 1] = 1
+    sv[30, 3:] = 1
+    got = {a.rule: a for a in alerts.evaluate(_run(step_values=sv))}
+    assert set(got) == {"loss_scale_collapse", "skipped_steps", "nonfinite_applied"}
+    assert got["loss_scale_collapse"].first_step == 200
+    assert (got["skipped_steps"].severity, got["skipped_steps"].value) == ("warning", 12.0)
+    applied = got["nonfinite_applied"]
+    assert (applied.first_step, applied.severity) == (300, "error")
+
+
+def test_constant_loss_scale_of_one_is_not_a_collapse():
+    assert _rules(_run(step_values=np.tile([1.0, 0, 1, 0, 0], (T, 1)))) == []
+
+
+def test_few_skipped_steps_are_info():
+    sv = np.tile([1024.0, 0, 1, 0, 0], (T, 1))
+    sv[:3, 1] = 1
+    assert _rules(_run(step_values=sv)) == [("skipped_steps", "info", "*")]
+
+
+def test_rows_without_gradient_are_ignored():
+    stats = _healthy()
+    stats[:, 2, :] = np.nan
+    data = _run(stats)
+    data.groups["float32"].row_kinds[2] = metadata.ROW_NONE
+    assert _rules(data) == []
+
+
+def test_at_least_and_counts():
+    stats = _healthy()
+    stats[0, 1, COLUMNS.index("nan_count")] = 1
+    stats[:, 2, COLUMNS.index("zero_fraction")] = 1.0
+    found = alerts.evaluate(_run(stats))
+    assert alerts.counts(found) == {"info": 0, "warning": 1, "error": 1}
+    assert [a.severity for a in found] == ["error", "warning"]  # errors first
+    assert [a.rule for a in alerts.at_least(found, "error")] == ["non_finite"]
+    with pytest.raises(ValueError):
+        alerts.at_least(found, "fatal")
