@@ -1,0 +1,1 @@
+"""Benchmarks of tb_gradstats: callback overhead, dashboard scale, event size."""
