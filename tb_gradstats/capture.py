@@ -1,0 +1,362 @@
+"""The in-graph hook on the outermost optimizer's `apply`, and its host side.
+
+`GradientCapture` wraps `optimizer.apply` on the instance, so every traced
+train step passes the gradients it really applies through `stats` — no second
+forward/backward pass. On steps chosen by the logging cadence (a `tf.cond`,
+nothing runs on the others) the raw records land in a small ring buffer of
+non-trainable `tf.Variable`s owned by this object (never by the model or the
+optimizer, so they are never saved with them). The host reads the ring only
+when it knows a logged step has run: one small device-to-host copy per logged
+step, then `combine` and `summary` do the rest in numpy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import re
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from tb_gradstats import combine, formats, metadata, stats
+from tb_gradstats.summary import GradientHealthWriter, GroupData
+
+logger = logging.getLogger("tb_gradstats")
+
+_ON_READ = dict(
+    trainable=False,
+    synchronization=tf.VariableSynchronization.ON_READ,
+    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class CaptureConfig:
+    """What to capture and how often.
+
+    Attributes:
+        update_freq: log every `update_freq`-th optimizer step; `None` logs only
+            steps requested with `GradientCapture.request_log` (epoch mode).
+        histogram_freq: write the histogram on every `histogram_freq`-th logged step (0: never).
+        what_if: canonical what-if format names.
+        layers: regex searched in each variable path; `None` captures all.
+        slots: ring-buffer depth: logged steps that fit between two host reads.
+    """
+
+    update_freq: int | None
+    histogram_freq: int
+    what_if: tuple[str, ...]
+    layers: str | None
+    slots: int
+
+
+@dataclasses.dataclass
+class _Row:
+    path: str
+    group: str
+    variable: object
+
+
+def variable_owners(model) -> dict[int, object]:
+    """Maps `id(variable)` to the innermost layer that created it."""
+    owners: dict[int, object] = {}
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        for v in getattr(layer, "_trainable_variables", []):
+            owners[id(v)] = layer  # deeper layers come later and win
+    return owners
+
+
+def dtype_name(dtype) -> str:
+    """Returns a plain dtype name for a TF/Keras/numpy dtype or string."""
+    return tf.as_dtype(dtype).name
+
+
+class GradientCapture:
+    """Hooks one optimizer and turns its applied gradients into summaries.
+
+    Args:
+        optimizer: the model's (outermost) Keras optimizer.
+        variables: trainable variables in model order.
+        config: a `CaptureConfig`.
+        writer: where logged steps go; `None` on non-chief workers (computes, writes nothing).
+        compute_dtype_of: maps a variable to its layer's compute dtype name (or `None`).
+        strategy: the `tf.distribute.Strategy` the variables live in.
+        policy: the dtype policy name, recorded in the metadata.
+    """
+
+    def __init__(
+        self,
+        optimizer,
+        variables: Sequence,
+        config: CaptureConfig,
+        writer: GradientHealthWriter | None,
+        compute_dtype_of: Callable[[object], str | None],
+        strategy: tf.distribute.Strategy,
+        policy: str = "",
+    ):
+        self.optimizer = optimizer
+        self.config = config
+        self.writer = writer
+        self.strategy = strategy
+        pattern = re.compile(config.layers) if config.layers else None
+        self.rows = [
+            _Row(v.path, metadata.group_name(dtype_name(v.dtype), compute_dtype_of(v)), v)
+            for v in variables
+            if pattern is None or pattern.search(v.path)
+        ]
+        self._index = {id(r.variable): i for i, r in enumerate(self.rows)}
+        self._groups = _group_members(self.rows)
+        self._boundaries = stats.bucket_boundaries(config.what_if)
+        self._table = combine.BucketTable(self._boundaries, config.what_if)
+        self._columns = metadata.metric_names(config.what_if)
+        self._loss_scale_var = getattr(optimizer, "dynamic_scale", None)
+        self._info = dict(policy=policy, what_if=list(config.what_if),
+                          replicas=strategy.num_replicas_in_sync)
+        self._original_apply = None
+        self._kinds: dict[int, str] = {}  # filled while tracing: no-gradient / sparse rows
+        self._written_up_to = -1
+        self._logged_seen = 0
+        self._make_state()
+
+    # ---- TensorFlow state ---------------------------------------------------
+    def _make_state(self) -> None:
+        k, n = self.config.slots, len(self.rows)
+        n_int = len(stats.INT_FIELDS) + len(self._boundaries) + 1
+        with self.strategy.scope():
+            self._step = tf.Variable(tf.constant(0, tf.int64), name="gh_step", **_ON_READ)
+            self._request = tf.Variable(False, name="gh_request", **_ON_READ)
+            self._logged = tf.Variable(tf.constant(0, tf.int64), name="gh_logged", **_ON_READ)
+            self._ints = tf.Variable(tf.zeros([k, n, n_int], tf.int64), name="gh_ints", **_ON_READ)
+            self._floats = tf.Variable(tf.zeros([k, n, 4], tf.float32), name="gh_floats", **_ON_READ)
+            self._slot_step = tf.Variable(tf.fill([k], tf.constant(-1, tf.int64)), name="gh_slot_step", **_ON_READ)
+            self._slot_vals = tf.Variable(tf.zeros([k, 2], tf.float32), name="gh_slot_vals", **_ON_READ)
+            # Pre-update weights of a logged step, for update_ratio; written only on logged steps.
+            self._snapshots = [
+                tf.Variable(tf.zeros(r.variable.shape, r.variable.dtype), name="gh_snap", **_ON_READ)
+                for r in self.rows
+            ]
+
+    @property
+    def step(self) -> int:
+        """The next global step the capture will see."""
+        return int(self.strategy.experimental_local_results(self._step)[0].numpy())
+
+    def set_step(self, step: int) -> None:
+        """Sets the global step counter (e.g. to continue a previous run)."""
+        for v in self.strategy.experimental_local_results(self._step):
+            v.assign(step)
+        self._written_up_to = step - 1
+
+    def request_log(self) -> None:
+        """Makes the next step a logged one (used for `update_freq="epoch"`)."""
+        for v in self.strategy.experimental_local_results(self._request):
+            v.assign(True)
+
+    # ---- the hook -----------------------------------------------------------
+    def install(self) -> None:
+        """Wraps `optimizer.apply` on the instance. Retrace the train step afterwards."""
+        if self._original_apply is not None:
+            return
+        self._original_apply = self.optimizer.apply
+        # object.__setattr__ keeps the optimizer's tracker from seeing the wrapper.
+        object.__setattr__(self.optimizer, "apply", self._apply)
+
+    def uninstall(self) -> None:
+        """Restores the optimizer's own `apply`."""
+        if self._original_apply is None:
+            return
+        self.optimizer.__dict__.pop("apply", None)
+        self._original_apply = None
+
+    def _apply(self, grads, trainable_variables=None):
+        grads = list(grads)
+        variables = (
+            list(trainable_variables)
+            if trainable_variables is not None
+            else list(self.optimizer._trainable_variables)
+        )
+        step = self._step.read_value()
+        logged = self._is_logged(step)
+        scale = None
+        if self._loss_scale_var is not None:
+            scale = tf.identity(self._loss_scale_var.value)
+        iterations = tf.identity(self.optimizer.iterations)
+        by_row = self._grads_by_row(grads, variables)
+        pre = tf.cond(
+            logged,
+            lambda: self._record_before(by_row, step, scale),
+            lambda: tf.zeros([len(self.rows), 4], tf.float32),
+        )
+        result = self._original_apply(grads, trainable_variables)
+        tf.cond(
+            logged,
+            lambda: self._record_after(pre, iterations, scale),
+            lambda: tf.constant(False),
+        )
+        self._step.assign_add(1)
+        return result
+
+    def _is_logged(self, step):
+        requested = self._request.read_value()
+        if self.config.update_freq is None:
+            return requested
+        return tf.logical_or(tf.equal(step % self.config.update_freq, 0), requested)
+
+    def _grads_by_row(self, grads, variables) -> list:
+        by_row = [None] * len(self.rows)
+        for g, v in zip(grads, variables):
+            i = self._index.get(id(v))
+            if i is None:
+                i = self._index.get(id(getattr(v, "_value", None) or v))
+            if i is not None:
+                by_row[i] = g
+        for i, g in enumerate(by_row):
+            if g is None:
+                self._kinds[i] = metadata.ROW_NONE
+            elif isinstance(g, tf.IndexedSlices):
+                self._kinds[i] = metadata.ROW_SPARSE
+        return by_row
+
+    def _record_before(self, by_row, step, scale):
+        boundaries = tf.constant(self._boundaries, tf.int32)
+        empty = tf.constant(combine.empty_int_record(len(self._boundaries) + 1), tf.int64)
+        ints, floats = [], []
+        for row, g in zip(self.rows, by_row):
+            if g is None:
+                ints.append(empty)
+                floats.append(tf.zeros([2], tf.float32))
+            else:
+                values = g.values if isinstance(g, tf.IndexedSlices) else g
+                i, f = stats.tensor_record(values, boundaries, scale)
+                ints.append(i)
+                floats.append(f[:2])
+        weight_sq = []
+        for row, snap in zip(self.rows, self._snapshots):
+            w = _value(row.variable)
+            snap.assign(w)
+            weight_sq.append(tf.reduce_sum(tf.square(tf.cast(w, tf.float32))))
+        slot = self._logged.read_value() % self.config.slots
+        _assign_slot(self._ints, slot, tf.stack(ints))
+        _assign_slot(self._slot_step, slot, step)
+        return tf.concat(
+            [tf.stack(floats), tf.zeros([len(self.rows), 1]), tf.stack(weight_sq)[:, None]], 1
+        )
+
+    def _record_after(self, pre, iterations_before, scale):
+        update_sq = []
+        for row, snap in zip(self.rows, self._snapshots):
+            delta = tf.cast(_value(row.variable), tf.float32) - tf.cast(snap, tf.float32)
+            update_sq.append(tf.reduce_sum(tf.square(delta)))
+        floats = tf.concat([pre[:, :2], tf.stack(update_sq)[:, None], pre[:, 3:]], 1)
+        slot = self._logged.read_value() % self.config.slots
+        _assign_slot(self._floats, slot, floats)
+        skipped = tf.equal(tf.identity(self.optimizer.iterations), iterations_before)
+        loss_scale = tf.constant(1.0) if scale is None else tf.cast(scale, tf.float32)
+        _assign_slot(self._slot_vals, slot, tf.stack([loss_scale, tf.cast(skipped, tf.float32)]))
+        self._logged.assign_add(1)
+        self._request.assign(False)
+        return tf.constant(True)
+
+    # ---- host side ----------------------------------------------------------
+    def is_logged_between(self, first: int, stop: int) -> bool:
+        """Whether any step in `[first, stop)` is logged by the cadence."""
+        freq = self.config.update_freq
+        if freq is None or stop <= first:
+            return False
+        return (first + (-first) % freq) < stop
+
+    def flush_to_writer(self) -> int:
+        """Reads the ring buffer and writes every logged step not yet written.
+
+        Returns:
+            The number of steps written.
+        """
+        slots = self._read_slots()
+        written = 0
+        for step, ints, floats, vals in slots:
+            if step <= self._written_up_to:
+                continue
+            self._write_step(step, ints, floats, vals)
+            self._written_up_to = step
+            written += 1
+        return written
+
+    def _read_slots(self):
+        local = self.strategy.experimental_local_results
+        slot_step = local(self._slot_step)[0].numpy()
+        order = [int(i) for i in np.argsort(slot_step) if slot_step[i] > self._written_up_to]
+        if not order:
+            return []
+        ints = np.stack([t.numpy() for t in local(self._ints)])  # [R, K, V, F]
+        floats = np.stack([t.numpy() for t in local(self._floats)])
+        vals = local(self._slot_vals)[0].numpy()
+        return [(int(slot_step[k]), ints[:, k], floats[:, k], vals[k]) for k in order]
+
+    def _write_step(self, step: int, ints, floats, vals) -> None:
+        self._logged_seen += 1
+        hist_freq = self.config.histogram_freq
+        with_hist = hist_freq > 0 and (self._logged_seen - 1) % hist_freq == 0
+        groups = {}
+        for group, members in self._groups.items():
+            table, hists = combine.group_metrics(ints, floats, members, self._table, self._columns)
+            data = GroupData(
+                rows=[metadata.GROUP_ROW] + [self.rows[m].path for m in members],
+                row_kinds=[metadata.ROW_GROUP] + [self._row_kind(m) for m in members],
+                columns=self._columns,
+                stats=table,
+                info=dict(self._info, grad_dtype=metadata.split_group(group)[0],
+                          compute_dtype=metadata.split_group(group)[1]),
+            )
+            if with_hist:
+                data.hist_first_exponent, data.hist = combine.trim_histograms(hists)
+            groups[group] = data
+        nonfinite = _nonfinite_replicas(ints, self._table)
+        skipped = float(vals[1])
+        step_values = {
+            "loss_scale": float(vals[0]),
+            "skipped_step": skipped,
+            "replicas": float(ints.shape[0]),
+            "nonfinite_replicas": float(nonfinite),
+            "nonfinite_applied": float(nonfinite > 0 and skipped == 0.0),
+        }
+        if self.writer is not None:
+            self.writer.write(step, groups, step_values, step_info=self._info)
+
+    def _row_kind(self, m: int) -> str:
+        return self._kinds.get(m, metadata.ROW_DENSE)
+
+
+def _group_members(rows: Sequence[_Row]) -> dict[str, list[int]]:
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        groups.setdefault(r.group, []).append(i)
+    return groups
+
+
+def _nonfinite_replicas(ints: np.ndarray, table: combine.BucketTable) -> int:
+    merged = ints.sum(axis=1)  # [R, F]: bucket counts add over variables
+    cum = table.cumulative(merged[:, len(stats.INT_FIELDS):])
+    below_inf = table.below(cum, stats.INF_BITS)
+    return int(np.sum(merged[:, 0] - below_inf > 0))
+
+
+def _value(variable):
+    return variable.value if hasattr(variable, "value") else variable
+
+
+def _assign_slot(var, slot, value) -> None:
+    updated = tf.tensor_scatter_nd_update(var.read_value(), [[slot]], value[None])
+    var.assign(updated)
+
+
+def default_slots(update_freq: int | None, steps_per_execution: int) -> int:
+    """Ring depth so that one host read per execution loses no logged step."""
+    if not update_freq:
+        return 2
+    return max(2, math.ceil(steps_per_execution / update_freq) + 1)
+
+
+__all__ = ["CaptureConfig", "GradientCapture", "default_slots", "formats"]
