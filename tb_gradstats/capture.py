@@ -130,8 +130,10 @@ class GradientCapture:
             self._request = tf.Variable(False, name="gh_request", **_ON_READ)
             self._logged = tf.Variable(tf.constant(0, tf.int64), name="gh_logged", **_ON_READ)
             self._ints = tf.Variable(tf.zeros([k, n, n_int], tf.int64), name="gh_ints", **_ON_READ)
-            self._floats = tf.Variable(tf.zeros([k, n, 4], tf.float32), name="gh_floats", **_ON_READ)
-            self._slot_step = tf.Variable(tf.fill([k], tf.constant(-1, tf.int64)), name="gh_slot_step", **_ON_READ)
+            self._floats = tf.Variable(tf.zeros([k, n, 4], tf.float64), name="gh_floats", **_ON_READ)
+            self._slot_step = tf.Variable(
+                tf.fill([k], tf.constant(-1, tf.int64)), name="gh_slot_step", **_ON_READ
+            )
             self._slot_vals = tf.Variable(tf.zeros([k, 2], tf.float32), name="gh_slot_vals", **_ON_READ)
             # Pre-update weights of a logged step, for update_ratio; written only on logged steps.
             self._snapshots = [
@@ -188,7 +190,7 @@ class GradientCapture:
         pre = tf.cond(
             logged,
             lambda: self._record_before(by_row, step, scale),
-            lambda: tf.zeros([len(self.rows), 4], tf.float32),
+            lambda: tf.zeros([len(self.rows), 4], tf.float64),
         )
         result = self._original_apply(grads, trainable_variables)
         tf.cond(
@@ -224,10 +226,10 @@ class GradientCapture:
         boundaries = tf.constant(self._boundaries, tf.int32)
         empty = tf.constant(combine.empty_int_record(len(self._boundaries) + 1), tf.int64)
         ints, floats = [], []
-        for row, g in zip(self.rows, by_row):
+        for g in by_row:
             if g is None:
                 ints.append(empty)
-                floats.append(tf.zeros([2], tf.float32))
+                floats.append(tf.zeros([2], tf.float64))
             else:
                 values = g.values if isinstance(g, tf.IndexedSlices) else g
                 i, f = stats.tensor_record(values, boundaries, scale)
@@ -237,18 +239,19 @@ class GradientCapture:
         for row, snap in zip(self.rows, self._snapshots):
             w = _value(row.variable)
             snap.assign(w)
-            weight_sq.append(tf.reduce_sum(tf.square(tf.cast(w, tf.float32))))
+            weight_sq.append(tf.reduce_sum(tf.square(tf.cast(w, tf.float64))))
         slot = self._logged.read_value() % self.config.slots
         _assign_slot(self._ints, slot, tf.stack(ints))
         _assign_slot(self._slot_step, slot, step)
         return tf.concat(
-            [tf.stack(floats), tf.zeros([len(self.rows), 1]), tf.stack(weight_sq)[:, None]], 1
+            [tf.stack(floats), tf.zeros([len(self.rows), 1], tf.float64), tf.stack(weight_sq)[:, None]],
+            1,
         )
 
     def _record_after(self, pre, iterations_before, scale):
         update_sq = []
         for row, snap in zip(self.rows, self._snapshots):
-            delta = tf.cast(_value(row.variable), tf.float32) - tf.cast(snap, tf.float32)
+            delta = tf.cast(_value(row.variable), tf.float64) - tf.cast(snap, tf.float64)
             update_sq.append(tf.reduce_sum(tf.square(delta)))
         floats = tf.concat([pre[:, :2], tf.stack(update_sq)[:, None], pre[:, 3:]], 1)
         slot = self._logged.read_value() % self.config.slots

@@ -7,7 +7,7 @@ non-negative floats. One `searchsorted` of `ab` against a sorted table of bit
 boundaries (every power of two, plus each what-if threshold) followed by one
 segment sum gives zeros, NaN/Inf, the log2 histogram and every what-if count
 in a single pass; the host (`combine.py`) turns the bucket counts into
-metrics. Moments are two-pass over finite values, in float32.
+metrics. Moments are two-pass over finite values, in float64.
 
 The raw record of one tensor is a pair of vectors (`INT_FIELDS` + buckets,
 `FLOAT_FIELDS`), so that tensors, replicas and groups combine on the host.
@@ -70,7 +70,7 @@ def tensor_record(
 
     Returns:
         `(ints, floats)`: int64 `[len(INT_FIELDS) + len(boundaries) + 1]` and
-        float32 `[len(FLOAT_FIELDS)]` (update fields zero; filled by the caller).
+        float64 `[len(FLOAT_FIELDS)]` (update fields zero; filled by the caller).
     """
     g = tf.reshape(grad, [-1])
     scaled_zero = None
@@ -97,9 +97,10 @@ def tensor_record(
         tf.ones_like(idx), idx, tf.shape(boundaries)[0] + 1
     )
 
-    finite_g = tf.where(finite, g, 0.0)
-    mean = tf.math.divide_no_nan(tf.reduce_sum(finite_g), tf.cast(n_finite, tf.float32))
-    m2 = tf.reduce_sum(tf.where(finite, tf.square(g - mean), 0.0))
+    # float64 moments: float32 squares overflow for |g| > 1.8e19 (bfloat16 range).
+    g64 = tf.cast(tf.where(finite, g, 0.0), tf.float64)
+    mean = tf.math.divide_no_nan(tf.reduce_sum(g64), tf.cast(n_finite, tf.float64))
+    m2 = tf.reduce_sum(tf.where(finite, tf.square(g64 - mean), tf.constant(0.0, tf.float64)))
     ints = tf.concat(
         [
             tf.cast(tf.stack([tf.size(g), min_key, max_key, abs_max, abs_min]), tf.int64),
@@ -108,7 +109,7 @@ def tensor_record(
         ],
         axis=0,
     )
-    floats = tf.stack([mean, m2, 0.0, 0.0])
+    floats = tf.stack([mean, m2, tf.constant(0.0, tf.float64), tf.constant(0.0, tf.float64)])
     return ints, floats
 
 
