@@ -586,7 +586,7 @@ export function barHistogram(parent, opts) {
       if (!(b > a)) continue;
       ctx.fillStyle = z.color;
       ctx.fillRect(xmap(a), top, xmap(b) - xmap(a), bottom - top);
-      if (z.label && xmap(b) - xmap(a) > 50) {
+      if (z.label && xmap(b) - xmap(a) > ctx.measureText(z.label).width + 8) {
         ctx.fillStyle = "#616161"; ctx.textAlign = "center"; ctx.textBaseline = "top";
         ctx.fillText(z.label, (xmap(a) + xmap(b)) / 2, top + 2);
       }

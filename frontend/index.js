@@ -65,6 +65,16 @@ function makeContext(root) {
     for (const g of ctx.run(runName)?.groups || []) if ((g.rows || []).includes(layer)) return g.group;
     return undefined;
   };
+  /** The run with the most data (rows × logged steps): the default for single-run views. */
+  ctx.defaultRun = () => {
+    let best = ctx.runs[0], size = -1;
+    for (const r of ctx.runs) {
+      const rows = (r.groups || []).reduce((s, g) => s + (g.rows || []).length, 0);
+      const n = rows * ((r.steps && r.steps.count) || 0);
+      if (n > size) { best = r; size = n; }
+    }
+    return best && best.run;
+  };
   ctx.format = (name) => ctx.formats.find((f) => f.name === name);
   /** Switches to `view` with `patch` merged into its state. */
   ctx.go = (view, patch = {}) => {

@@ -16,8 +16,20 @@ export async function render(el, ctx) {
   const alive = ctx.aliveFn();
   const st = ctx.state.compare;
   const runNames = ctx.runNames();
-  if (!runNames.includes(st.run_a)) st.run_a = runNames[0];
-  if (!runNames.includes(st.run_b)) st.run_b = runNames.find((r) => r !== st.run_a) || runNames[0];
+  if (!runNames.includes(st.run_a) || !runNames.includes(st.run_b)) {
+    // default: the pair of runs sharing the most layer names
+    const layersOf = (r) => new Set((ctx.run(r).groups || []).flatMap((g) => (g.rows || []).filter((x) => x !== "*")));
+    let best = [runNames[0], runNames[1] || runNames[0]], most = -1;
+    for (let i = 0; i < runNames.length; i++) {
+      for (let j = i + 1; j < runNames.length; j++) {
+        const a = layersOf(runNames[i]);
+        const shared = [...layersOf(runNames[j])].filter((x) => a.has(x)).length;
+        if (shared > most) { most = shared; best = [runNames[i], runNames[j]]; }
+      }
+    }
+    if (!runNames.includes(st.run_a)) st.run_a = best[0];
+    if (!runNames.includes(st.run_b)) st.run_b = best[0] === st.run_a ? best[1] : runNames.find((r) => r !== st.run_a) || st.run_a;
+  }
   const columns = ctx.columns([st.run_a, st.run_b]);
   if (!columns.includes(st.metric)) st.metric = columns.includes("l2_norm") ? "l2_norm" : columns[0];
   if (st.log === undefined) st.log = true;

@@ -10,7 +10,7 @@ export async function render(el, ctx) {
   const alive = ctx.aliveFn();
   const st = ctx.state.heatmap;
   const runNames = ctx.runNames();
-  if (!runNames.includes(st.run)) st.run = runNames[0];
+  if (!runNames.includes(st.run)) st.run = ctx.defaultRun();
   const groups = ctx.groups([st.run]);
   if (!groups.includes(st.group)) st.group = groups[0];
   const columns = ctx.columns([st.run], st.group);

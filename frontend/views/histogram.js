@@ -62,7 +62,7 @@ function pct(x) {
 export async function render(el, ctx) {
   const st = ctx.state.histogram;
   const runNames = ctx.runNames();
-  if (!runNames.includes(st.run)) st.run = runNames[0];
+  if (!runNames.includes(st.run)) st.run = ctx.defaultRun();
   const groups = ctx.groups([st.run]);
   if (!groups.includes(st.group)) st.group = ctx.groupOfLayer(st.run, st.layer) || groups[0];
   const rows = ctx.group(st.run, st.group)?.rows || [];
@@ -169,7 +169,6 @@ export async function render(el, ctx) {
       firstX: e0, counts, logY: !!st.logY, xDomain: [xa, xb], height: 280, xLabel: "log2|g|",
       zones: active ? zonesOf(active).map((z) => ({ ...z, color: ZONE_COLORS[z.kind], label: `${active.name} ${z.label}` })) : [],
       strips,
-      markers: [{ x: -126, color: "#9e9e9e" }],
       describeX: (e) => formats.map((f) => {
         const z = zonesOf(f).find((zz) => e >= zz.from && e < zz.to);
         return { text: `${f.name}: ${z ? z.kind : "?"}` };
@@ -191,7 +190,7 @@ export async function render(el, ctx) {
     body.appendChild(h("div", { class: "hint" },
       "Share of the nonzero finite values per zone, estimated from the log2 bins (a bin straddling a " +
       "threshold is counted by its lower edge; the exact what-if fractions are the *_fraction/<dtype> metrics). " +
-      "The dashed line marks the float32 normal limit 2^-126; bin −127 holds all float32 subnormals."));
+      "Bin −127 holds all float32 subnormals."));
     body.appendChild(table);
   }
 

@@ -14,9 +14,9 @@ function spark(label, data, opts, onClick) {
   const box = h("div", { class: "spark-row", onClick, title: onClick ? "Open as time series" : null });
   box.appendChild(h("span", { class: "spark-label" }, label));
   if (steps.length) {
-    sparkline(box, steps, values, { ...opts, title: `${label}: ${steps.length} points` });
+    sparkline(box, steps, values, { width: 140, height: 28, ...opts, title: `${label}: ${steps.length} points` });
     const nonFinite = values.filter((v) => !Number.isFinite(v)).length;
-    box.appendChild(h("span", { class: "spark-value" }, fmt(lastFinite(values)),
+    box.appendChild(h("span", { class: "spark-value", title: fmt(lastFinite(values), 8) }, fmt(lastFinite(values), 3),
       nonFinite ? h("span", { class: "bad" }, ` · ${nonFinite} non-finite`) : null));
   } else {
     box.appendChild(h("span", { class: "muted" }, "not logged"));

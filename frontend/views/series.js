@@ -11,7 +11,11 @@ export async function render(el, ctx) {
   const st = ctx.state.series;
   const all = ctx.runNames();
   st.runs = (st.runs || []).filter((r) => all.includes(r));
-  if (!st.runs.length) st.runs = all.slice(0, 4);
+  if (!st.runs.length) {
+    const first = ctx.defaultRun();
+    const g = (ctx.run(first).groups || [])[0]?.group;
+    st.runs = all.filter((r) => r === first || ctx.group(r, g)).slice(0, 6);
+  }
   const groups = ctx.groups(st.runs);
   if (!groups.includes(st.group)) {
     st.group = st.layer && st.layer !== "*" ? ctx.groupOfLayer(st.runs[0], st.layer) : undefined;
@@ -48,13 +52,21 @@ export async function render(el, ctx) {
   el.appendChild(body);
   if (!st.runs.length) { clear(body).appendChild(message("empty", "Pick at least one run.")); return; }
 
+  // only the runs that have this layer (or group) can answer
+  const has = (r) => (st.layer === "*" ? !!ctx.group(r, st.group) : (ctx.group(r, st.group)?.rows || []).includes(st.layer));
+  const asked = isStep ? st.runs : st.runs.filter(has);
+  const missing = st.runs.filter((r) => !asked.includes(r));
+  if (!asked.length) {
+    clear(body).appendChild(message("empty", "None of the selected runs logs this layer."));
+    return;
+  }
   const width = Math.max(300, Math.floor(body.getBoundingClientRect().width || 800));
   const maxPoints = Math.min(20000, Math.max(200, width * 2));
   let data;
   if (isStep) {
-    data = await ctx.api.stepSeries({ run: st.runs, metric: st.metric.slice(5), max_points: maxPoints });
+    data = await ctx.api.stepSeries({ run: asked, metric: st.metric.slice(5), max_points: maxPoints });
   } else {
-    const params = { run: st.runs, metric: st.metric, layer: st.layer, max_points: maxPoints };
+    const params = { run: asked, metric: st.metric, layer: st.layer, max_points: maxPoints };
     if (st.layer === "*") params.group = st.group;
     data = await ctx.api.series(params);
   }
@@ -76,6 +88,7 @@ export async function render(el, ctx) {
     },
   });
   body.appendChild(h("div", { class: "hint" },
+    missing.length ? `Not in ${missing.join(", ")}. ` : "",
     hl ? `Shaded: alert steps ${fmt(hl[0])}–${fmt(hl[1])}. ` : "",
     isStep ? "" : "Click the chart to open the histogram of this layer at that step. ",
     "Server-side downsampling keeps each bucket's min, max and any NaN/Inf."));
