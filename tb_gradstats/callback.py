@@ -7,10 +7,9 @@ import os
 from collections.abc import Sequence
 
 import keras
-import tensorflow as tf
 
 from tb_gradstats import formats
-from tb_gradstats.capture import CaptureConfig, GradientCapture, default_slots, variable_owners
+from tb_gradstats.capture import GradientCapture, make_capture
 from tb_gradstats.summary import GradientHealthWriter
 
 logger = logging.getLogger("tb_gradstats")
@@ -111,53 +110,17 @@ class GradientHealth(keras.callbacks.Callback):
             logger.warning("tb_gradstats: could not record gradient statistics: %s", e)
 
     def _capture_for(self, model) -> GradientCapture:
-        optimizer = model.optimizer
-        if self._capture is not None and self._capture.optimizer is optimizer:
+        if self._capture is not None and self._capture.optimizer is model.optimizer:
             return self._capture
-        if not optimizer.built:
-            optimizer.build(model.trainable_variables)
-        strategy = getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
-        spe = int(getattr(model, "steps_per_execution", 1) or 1)
-        freq = None if self.update_freq == "epoch" else self.update_freq
-        config = CaptureConfig(
-            update_freq=freq,
+        self._capture = make_capture(
+            model.optimizer,
+            model.trainable_variables,
+            self._writer,
+            update_freq=None if self.update_freq == "epoch" else self.update_freq,
             histogram_freq=self.histogram_freq,
             what_if=self.what_if_dtypes,
             layers=self.layers,
-            slots=default_slots(freq, spe),
+            model=model,
+            steps_per_execution=int(getattr(model, "steps_per_execution", 1) or 1),
         )
-        owners = variable_owners(model)
-        self._capture = GradientCapture(
-            optimizer,
-            model.trainable_variables,
-            config,
-            writer=self._writer if _is_chief(strategy) else None,
-            compute_dtype_of=lambda v: _compute_dtype(owners.get(id(v))),
-            strategy=strategy,
-            policy=_policy_name(model),
-        )
-        self._capture.set_step(int(optimizer.iterations.numpy()))
         return self._capture
-
-
-def _compute_dtype(layer) -> str | None:
-    if layer is None:
-        return None
-    return getattr(layer, "compute_dtype", None)
-
-
-def _policy_name(model) -> str:
-    policy = getattr(model, "dtype_policy", None)
-    return getattr(policy, "name", "") or keras.config.dtype_policy().name
-
-
-def _is_chief(strategy) -> bool:
-    """Only one worker writes under multi-worker strategies."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not getattr(resolver, "cluster_spec", None):
-        return True
-    task_type, task_id = resolver.task_type, resolver.task_id
-    if task_type in (None, "chief"):
-        return True
-    has_chief = "chief" in resolver.cluster_spec().as_dict()
-    return (not has_chief) and task_type == "worker" and task_id == 0

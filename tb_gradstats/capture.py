@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from tb_gradstats import combine, formats, metadata, stats
+from tb_gradstats import combine, metadata, stats
 from tb_gradstats.summary import GradientHealthWriter, GroupData
 
 logger = logging.getLogger("tb_gradstats")
@@ -362,4 +362,81 @@ def default_slots(update_freq: int | None, steps_per_execution: int) -> int:
     return max(2, math.ceil(steps_per_execution / update_freq) + 1)
 
 
-__all__ = ["CaptureConfig", "GradientCapture", "default_slots", "formats"]
+
+
+def make_capture(
+    optimizer,
+    variables: Sequence,
+    writer: GradientHealthWriter,
+    *,
+    update_freq: int | None,
+    histogram_freq: int,
+    what_if: Sequence[str],
+    layers: str | None,
+    model=None,
+    steps_per_execution: int = 1,
+) -> GradientCapture:
+    """Builds a `GradientCapture` for a Keras model or a bare list of variables.
+
+    Args:
+        optimizer: the outermost optimizer (built here if needed).
+        variables: trainable variables, in the order rows should appear.
+        writer: the run's writer; only the chief worker keeps it.
+        update_freq: log every this many steps; `None` for on-request logging.
+        histogram_freq: histogram on every this-many logged steps (0: never).
+        what_if: canonical what-if format names.
+        layers: optional regex on variable paths.
+        model: the Keras model, if any: gives layer compute dtypes and the policy.
+        steps_per_execution: steps between two host reads.
+
+    Returns:
+        A ready (not yet installed) `GradientCapture` whose step counter starts
+        at the optimizer's iteration count.
+    """
+    if not optimizer.built:
+        optimizer.build(list(variables))
+    strategy = getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
+    owners = variable_owners(model) if model is not None else {}
+    config = CaptureConfig(
+        update_freq=update_freq,
+        histogram_freq=histogram_freq,
+        what_if=tuple(what_if),
+        layers=layers,
+        slots=default_slots(update_freq, steps_per_execution),
+    )
+    capture = GradientCapture(
+        optimizer,
+        variables,
+        config,
+        writer=writer if _is_chief(strategy) else None,
+        compute_dtype_of=lambda v: _compute_dtype(owners.get(id(v))),
+        strategy=strategy,
+        policy=_policy_name(model),
+    )
+    capture.set_step(int(optimizer.iterations.numpy()))
+    return capture
+
+
+def _compute_dtype(layer) -> str | None:
+    if layer is None:
+        return None
+    return getattr(layer, "compute_dtype", None)
+
+
+def _policy_name(model) -> str:
+    import keras
+
+    policy = getattr(model, "dtype_policy", None)
+    return getattr(policy, "name", "") or keras.config.dtype_policy().name
+
+
+def _is_chief(strategy) -> bool:
+    """Only one worker writes under multi-worker strategies."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not getattr(resolver, "cluster_spec", None):
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    if task_type in (None, "chief"):
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return (not has_chief) and task_type == "worker" and task_id == 0
