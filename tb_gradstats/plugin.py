@@ -39,6 +39,9 @@ logger = logging.getLogger("tb_gradstats")
 # Both providers sample uniformly and always keep the latest step.
 DEFAULT_SAMPLES = 5000
 
+# New data shows up within this many seconds (TensorBoard reloads every 5 s by default).
+LIST_TTL_S = 1.0
+
 CSV_HEADER = ("run", "step", "group", "layer", "metric", "value")
 STEP_GROUP = "_step"
 
@@ -144,7 +147,8 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
     def _reader(self, experiment_id: str) -> reader.Reader:
         # One reader (and cache) per experiment; a plain logdir has experiment "".
         if experiment_id not in self._readers:
-            self._readers[experiment_id] = reader.Reader(self._provider, experiment_id)
+            self._readers[experiment_id] = reader.Reader(
+                self._provider, experiment_id, list_ttl_s=LIST_TTL_S)
         return self._readers[experiment_id]
 
     def _all(self, request) -> tuple[dict[str, reader.RunData], list[reader.Skipped]]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -163,10 +164,19 @@ class Reader:
         data_provider: a `tensorboard.data.provider.DataProvider`.
         experiment_id: the experiment id (`""` for a plain logdir).
         downsample: points to ask the provider for per tag.
+        list_ttl_s: seconds a tag listing is reused (0: list on every call).
     """
 
-    def __init__(self, data_provider, experiment_id: str = "", downsample: int = KEEP_ALL):
+    def __init__(
+        self,
+        data_provider,
+        experiment_id: str = "",
+        downsample: int = KEEP_ALL,
+        list_ttl_s: float = 0.0,
+    ):
         self._provider = data_provider
+        self._list_ttl_s = list_ttl_s
+        self._listing: tuple[float, dict] | None = None
         self._experiment_id = experiment_id
         self._downsample = int(downsample) if downsample else KEEP_ALL
         self._lock = threading.Lock()
@@ -174,14 +184,23 @@ class Reader:
         self.skipped: list[Skipped] = []
 
     def _list(self, ctx=None) -> dict:
+        # A gRPC `list_tensors` to the Rust data server costs up to ~45 ms and
+        # one page load makes several requests: reuse a listing for a moment.
+        now = time.monotonic()
+        with self._lock:
+            if self._listing is not None and now - self._listing[0] < self._list_ttl_s:
+                return self._listing[1]
         ctx = ctx or context_lib.RequestContext()
         try:
-            return self._provider.list_tensors(
+            listing = self._provider.list_tensors(
                 ctx, experiment_id=self._experiment_id, plugin_name=metadata.PLUGIN_NAME
             )
         except Exception as e:  # noqa: BLE001 - a broken logdir must not crash the caller
             logger.warning("tb_gradstats: cannot list tensors: %s", e)
             return {}
+        with self._lock:
+            self._listing = (now, listing)
+        return listing
 
     def runs(self, ctx=None) -> list[str]:
         """Returns the sorted names of the runs that have our data."""
