@@ -151,7 +151,8 @@ class RunData:
                 continue
             if layer in data.rows[1:]:
                 return data, data.rows.index(layer, 1)
-        raise KeyError(f"run {self.run!r} has no layer {layer!r}")
+        where = f" in group {group!r}" if group is not None else ""
+        raise KeyError(f"run {self.run!r} has no layer {layer!r}{where}")
 
 
 class Reader:

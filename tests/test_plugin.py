@@ -315,3 +315,18 @@ def test_plugin_import_does_not_import_tensorflow():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert out.stdout.strip() == "False"
+
+
+def test_garbage_parameters_never_500(env):
+    garbage = ["", "*", "a", "b", "future", "-1", "0", "1e9", "NaN", "l2_norm", "count",
+               "float32", "dense/kernel", "../x", "%00", "\u00e9", "99999999999999999999"]
+    names = ["run", "metric", "layer", "group", "max_points", "max_steps", "max_rows", "step",
+             "run_a", "run_b", "severity", "view"]
+    rng = np.random.default_rng(0)
+    routes = ["/runs", "/formats", "/series", "/step_series", "/heatmap", "/histogram",
+              "/compare", "/alerts", "/overview", "/export.csv"]
+    for _ in range(400):
+        route = routes[rng.integers(len(routes))]
+        params = {n: garbage[rng.integers(len(garbage))] for n in names if rng.random() < 0.6}
+        resp = get(env, route, **params)
+        assert resp.status_code in (200, 400, 404), (route, params, resp.get_data()[:300])
