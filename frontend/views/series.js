@@ -53,7 +53,7 @@ export async function render(el, ctx) {
   if (!st.runs.length) { clear(body).appendChild(message("empty", "Pick at least one run.")); return; }
 
   // only the runs that have this layer (or group) can answer
-  const has = (r) => (st.layer === "*" ? !!ctx.group(r, st.group) : (ctx.group(r, st.group)?.rows || []).includes(st.layer));
+  const has = (r) => (st.layer === "*" ? !!ctx.group(r, st.group) : ctx.groupOfLayer(r, st.layer) !== undefined);
   const asked = isStep ? st.runs : st.runs.filter(has);
   const missing = st.runs.filter((r) => !asked.includes(r));
   if (!asked.length) {
