@@ -102,6 +102,41 @@ def tf_histogram_bytes(n_vars: int, steps: int) -> tuple[float, int]:
     return (total - first) / steps, first - _file_header_bytes()
 
 
+def callback_bytes(steps: int, histogram_freq: int) -> dict:
+    """Measures what the real `GradientHealth` callback writes on the digits MLP.
+
+    Trains 64-512-512-10 (6 variables) for `steps` steps with `update_freq=1`.
+
+    Args:
+        steps: training steps (= logged steps).
+        histogram_freq: the callback's `histogram_freq`.
+
+    Returns:
+        Dict with `variables`, `logged_steps`, `bytes_per_step`.
+    """
+    import keras
+    from sklearn.datasets import load_digits
+
+    import tb_gradstats
+
+    digits = load_digits()
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(512, activation="relu"),
+                              keras.layers.Dense(512, activation="relu"), keras.layers.Dense(10)])
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    tmp = tempfile.mkdtemp(prefix="gh_cb_")
+    try:
+        monitor = tb_gradstats.GradientHealth(tmp, update_freq=1, histogram_freq=histogram_freq)
+        model.fit(digits.data[: 64 * steps] / 16.0, digits.target[: 64 * steps], batch_size=64,
+                  epochs=1, verbose=0, callbacks=[monitor])
+        total = dir_bytes(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    n_steps = min(steps, len(digits.data) // 64 + (len(digits.data) % 64 > 0))
+    return {"variables": len(model.trainable_variables), "logged_steps": n_steps,
+            "histogram_freq": histogram_freq, "bytes_per_step": total / n_steps}
+
+
 def run(variables: list[int], steps: int) -> dict:
     """Runs the size benchmark.
 
@@ -127,7 +162,15 @@ def run(variables: list[int], steps: int) -> dict:
          common.human_bytes(r["tf_first"]), f"{r['stats_hist'] / r['tf_hist']:.2f}×"]
         for r in rows
     ])
-    return {"rows": rows, "table": table}
+    real = [callback_bytes(28, h) for h in (0, 1)]
+    tf_real, _ = tf_histogram_bytes(real[0]["variables"], steps)
+    table += "\n\n" + common.markdown_table(
+        ["real callback, digits MLP", "variables", "logged steps", "bytes/logged step (avg)",
+         "tf.summary.histogram/step"],
+        [[f"histogram_freq={r['histogram_freq']}", r["variables"], r["logged_steps"],
+          common.human_bytes(r["bytes_per_step"]), common.human_bytes(tf_real)] for r in real],
+    )
+    return {"rows": rows, "real": real, "table": table}
 
 
 def main(argv: list[str] | None = None) -> dict:
