@@ -300,6 +300,9 @@ def print_summary(logdir: str, trained: dict[str, dict]) -> None:
         print(f"  summary unavailable ({type(e).__name__}: {e}).")
         print(f"  Try later: tb-gradstats report {logdir}")
         return
+    if not runs:
+        print(f"  no Gradient Health runs under {logdir}.")
+        return
     header = (f"  {'run':15s} {'loss':>9s} {'non-finite':>10s} {'upd.ratio':>9s} "
               f"{'E/W/I':>7s}  story (check)")
     print(header)
