@@ -99,7 +99,7 @@ class GradientHealth(keras.callbacks.Callback):
         if self._capture is None:
             return
         self._flush()
-        self._writer.flush()
+        self._writer.close()  # a later fit appends a new event file to the same run
         self._capture.uninstall()
         self.model.make_train_function(force=True)
 

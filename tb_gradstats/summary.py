@@ -9,13 +9,16 @@ The layout is `FORMAT.md`.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import os
+import socket
+import time
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 from tensorboard.compat.proto import event_pb2, summary_pb2
-from tensorboard.summary.writer.event_file_writer import EventFileWriter
+from tensorboard.summary.writer.record_writer import RecordWriter
 from tensorboard.util import tensor_util
 
 from tb_gradstats import metadata
@@ -46,6 +49,46 @@ class GroupData:
     info: Mapping[str, object] = dataclasses.field(default_factory=dict)
 
 
+_file_counter = itertools.count()
+
+
+class EventFile:
+    """One append-only event file, written synchronously with plain Python I/O.
+
+    TensorBoard's own `EventFileWriter` writes from a background thread, whose
+    I/O errors surface as a thread traceback on the user's console; here an
+    error reaches the caller of `add_event`, which decides what to say.
+
+    Args:
+        logdir: an existing directory.
+        filename_suffix: appended to the standard event file name.
+    """
+
+    def __init__(self, logdir: str, filename_suffix: str):
+        # Zero-padded counter: TensorBoard reads a run's files in name order.
+        name = (
+            f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}."
+            f"{os.getpid()}.{next(_file_counter):06d}{filename_suffix}"
+        )
+        self.path = os.path.join(logdir, name)
+        self._file = open(self.path, "ab")  # noqa: SIM115 - lives as long as the writer
+        self._records = RecordWriter(self._file)
+        self.add_event(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+
+    def add_event(self, event: event_pb2.Event) -> None:
+        """Appends one event and flushes it, so readers see whole records only."""
+        self._records.write(event.SerializeToString())
+        self._file.flush()
+
+    def flush(self) -> None:
+        """Flushes to the operating system."""
+        self._file.flush()
+
+    def close(self) -> None:
+        """Closes the file."""
+        self._file.close()
+
+
 class GradientHealthWriter:
     """Appends Gradient Health events to one run directory.
 
@@ -68,9 +111,10 @@ class GradientHealthWriter:
     def __init__(self, logdir: str, filename_suffix: str = ".gradient_health"):
         self.logdir = os.fspath(logdir)
         self._suffix = filename_suffix
-        self._writer: EventFileWriter | None = None
+        self._writer: EventFile | None = None
         self._tags_with_metadata: set[str] = set()
         self.failed = False
+        self._vanished_warned = False
         self.bytes_written = 0
 
     def write(
@@ -100,7 +144,9 @@ class GradientHealthWriter:
                 values.append(self._hist_value(group, data))
         if step_values is not None:
             values.append(self._step_value(step_values, step_info or {}))
-        event = event_pb2.Event(step=int(step), summary=summary_pb2.Summary(value=values))
+        event = event_pb2.Event(
+            step=int(step), wall_time=time.time(), summary=summary_pb2.Summary(value=values)
+        )
         return self._add(event)
 
     def flush(self) -> None:
@@ -153,15 +199,38 @@ class GradientHealthWriter:
 
     def _add(self, event: event_pb2.Event) -> int:
         def add():
+            self._reopen_if_vanished()
             if self._writer is None:
                 os.makedirs(self.logdir, exist_ok=True)
-                self._writer = EventFileWriter(self.logdir, filename_suffix=self._suffix)
+                self._writer = EventFile(self.logdir, self._suffix)
             self._writer.add_event(event)
             return event.ByteSize()
 
         size = self._guard(add) or 0
         self.bytes_written += size
         return size
+
+    def _reopen_if_vanished(self) -> None:
+        # A removed directory does not fail writes on POSIX: they would go to an
+        # unlinked file and be lost without a word. Say so once and start a new file.
+        if self._writer is None or os.path.isdir(self.logdir):
+            return
+        if not self._vanished_warned:
+            self._vanished_warned = True
+            logger.warning(
+                "tb_gradstats: log dir %r was removed during training; recreating it "
+                "(steps written before the removal are gone).", self.logdir,
+            )
+        self._close_quietly()
+        self._tags_with_metadata.clear()
+
+    def _close_quietly(self) -> None:
+        try:
+            if self._writer is not None:
+                self._writer.close()
+        except Exception:  # noqa: BLE001 - nothing left to save in a broken file
+            pass
+        self._writer = None
 
     def _guard(self, fn):
         if self.failed:
@@ -170,6 +239,7 @@ class GradientHealthWriter:
             return fn()
         except Exception as e:  # noqa: BLE001 - any I/O error must not stop training
             self.failed = True
+            self._close_quietly()
             logger.warning(
                 "tb_gradstats: cannot write to %r (%s: %s); gradient health "
                 "logging is off for this run, training continues.",
