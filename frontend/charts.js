@@ -151,9 +151,13 @@ function makeCanvas(parent, cssW, cssH, cls = "chart-canvas") {
   return surface;
 }
 
+/** The content width of `el` (its box less padding and borders). */
 function widthOf(el, fallback = 600) {
-  const w = el.getBoundingClientRect().width;
-  return w > 20 ? w : fallback;
+  const cs = getComputedStyle(el);
+  const pad = (parseFloat(cs.paddingLeft) || 0) + (parseFloat(cs.paddingRight) || 0) +
+    (parseFloat(cs.borderLeftWidth) || 0) + (parseFloat(cs.borderRightWidth) || 0);
+  const w = el.getBoundingClientRect().width - pad;
+  return w > 20 ? Math.floor(w) : fallback;
 }
 
 /** Re-runs draw() when the container width changes; returns a disconnect function. */

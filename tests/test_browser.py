@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import json
 import math
 import os
 import socket
@@ -58,7 +59,7 @@ def _write_run(logdir, run, *, policy, group, layers, steps, seed, center, sprea
     exps = np.arange(HIST_FIRST, HIST_FIRST + HIST_BINS) + 0.5
     writer = GradientHealthWriter(os.path.join(logdir, run))
     scale = loss_scale
-    for i, step in enumerate(steps):
+    for step in steps:
         centers = center - 0.15 * np.arange(n) - 0.004 * step + rng.normal(0, 0.2, n)
         centers[0] = center - 0.004 * step
         hist = np.exp(-0.5 * ((exps[None, :] - centers[:, None]) / spread) ** 2)
@@ -159,8 +160,11 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def tensorboard_server(logdir: str, log_path: str):
-    """Starts TensorBoard on loopback (the installed entry point when there is one)."""
+def tensorboard_server(logdir: str, log_path: str, runs=()):
+    """Starts TensorBoard on loopback (the installed entry point when there is one).
+
+    Yields its base URL once the plugin lists every run in `runs` (or any run).
+    """
     port = _free_port()
     args = ["--logdir", logdir, "--host", "127.0.0.1", "--port", str(port), "--load_fast=false",
             "--reload_interval", "2"]
@@ -179,8 +183,9 @@ def tensorboard_server(logdir: str, log_path: str):
                 raise RuntimeError(f"tensorboard exited: {open(log_path).read()[-3000:]}")
             try:
                 with urllib.request.urlopen(base + "/data/plugin/gradient_health/runs", timeout=5) as r:
-                    if b"mixed_float16" in r.read():
-                        break
+                    listed = {x["run"] for x in json.loads(r.read())["runs"]}
+                if listed and listed >= set(runs):
+                    break
             except OSError:
                 pass
             if time.time() > deadline:
@@ -239,7 +244,12 @@ def _ink(frame, selector):
 
 
 def _select(frame, label, value):
-    frame.locator(f"main label.control:has(span.control-label:text-is('{label}')) select").select_option(value)
+    control = f"main label.control:has(span.control-label:text-is('{label}'))"
+    frame.locator(f"{control} select").select_option(value)
+
+
+def _appears(frame, selector, what):
+    return _wait(frame.page, lambda: frame.query_selector(selector), what)
 
 
 def _open_view(frame, view):
@@ -264,7 +274,8 @@ def tensorboard_url(tmp_path_factory):
     logdir = str(tmp_path_factory.mktemp("logdir"))
     write_logdir(logdir, steps=200, layers=24)
     os.makedirs(ARTIFACTS, exist_ok=True)
-    with tensorboard_server(logdir, os.path.join(ARTIFACTS, "tensorboard.log")) as url:
+    runs = ("mixed_float16", "float32_baseline", "bfloat16", HOSTILE_RUN)
+    with tensorboard_server(logdir, os.path.join(ARTIFACTS, "tensorboard.log"), runs) as url:
         yield url, logdir
 
 
@@ -292,7 +303,7 @@ def test_gradient_health_tab(tensorboard_url):
             frame = _wait(page, plugin_frame, "the plugin iframe", timeout=45)
 
             # (1) overview: one card per run, sparklines drawn, hostile name as inert text
-            _wait(frame.page, lambda: len(frame.query_selector_all(".run-card")) == 4, "4 run cards")
+            _wait(page, lambda: len(frame.query_selector_all(".run-card")) == 4, "4 run cards")
             titles = [t.text_content() for t in frame.query_selector_all(".run-card .card-title")]
             assert HOSTILE_RUN in titles
             assert sum(1 for n in _ink(frame, ".run-card canvas.sparkline") if n > 20) >= 8
@@ -313,12 +324,12 @@ def test_gradient_health_tab(tensorboard_url):
 
             # (2) alerts: rows, hostile row inert, a row opens its evidence
             _open_view(frame, "alerts")
-            _wait(frame.page, lambda: frame.query_selector_all(".alerts-table tbody tr"), "alert rows")
+            _wait(page, lambda: frame.query_selector_all(".alerts-table tbody tr"), "alert rows")
             assert frame.locator(".alerts-table td.run-name", has_text=HOSTILE_RUN).count() >= 1
             _shot(page, "alerts")
             frame.locator(".alerts-table tbody tr", has_text="non_finite").filter(
                 has_text="mixed_float16").first.click()
-            _wait(frame.page, lambda: frame.query_selector("main[data-view=series] .line-chart canvas"), "evidence chart")
+            _appears(frame, "main[data-view=series] .line-chart canvas", "evidence chart")
             _settled(frame)
             assert _ink(frame, ".line-chart canvas")[0] > 500
             assert "nan_count of dense_0/" in frame.text_content(".view-series .chart-title")
@@ -333,18 +344,19 @@ def test_gradient_health_tab(tensorboard_url):
             for run in ("float32_baseline", "bfloat16"):
                 frame.locator(".run-check", has_text=run).locator("input").check()
                 _settled(frame)
-            _wait(frame.page, lambda: frame.locator(".line-chart .legend-item").count() == 3, "3 series")
+            _wait(page, lambda: frame.locator(".line-chart .legend-item").count() == 3, "3 series")
             assert frame.locator(".line-chart .legend-item", has_text="non-finite").count() == 1
             assert _ink(frame, ".line-chart canvas")[0] > 500
             box = frame.locator(".line-chart canvas").bounding_box()
-            frame.locator(".line-chart canvas").hover(position={"x": box["width"] * 0.6, "y": box["height"] / 2})
+            frame.locator(".line-chart canvas").hover(
+                position={"x": box["width"] * 0.6, "y": box["height"] / 2})
             assert "step" in frame.text_content(".chart-tooltip")
             _shot(page, "series", docs)
 
             # (4) heatmap of mixed_float16; click a cell -> (5) histogram of that layer/step
             _open_view(frame, "heatmap")
             _select(frame, "run", "mixed_float16")
-            _wait(frame.page, lambda: frame.query_selector(".heatmap canvas.chart-canvas"), "heatmap")
+            _appears(frame, ".heatmap canvas.chart-canvas", "heatmap")
             _settled(frame)
             assert _ink(frame, ".heatmap canvas.chart-canvas")[0] > 10000
             heat = frame.locator(".heatmap canvas.chart-canvas")
@@ -357,7 +369,7 @@ def test_gradient_health_tab(tensorboard_url):
             assert layer == "dense_1/kernel", tip
             _shot(page, "heatmap", docs)
             heat.click(position=pos)
-            _wait(frame.page, lambda: frame.query_selector("main[data-view=histogram] .histogram canvas"), "histogram")
+            _appears(frame, "main[data-view=histogram] .histogram canvas", "histogram")
             _settled(frame)
             title = frame.text_content(".view-histogram .chart-title")
             assert f"{layer} · mixed_float16 · step {step}" == title, (title, tip)
@@ -365,19 +377,19 @@ def test_gradient_health_tab(tensorboard_url):
             assert frame.locator(".zone-table tbody tr").count() == 4
             _shot(page, "histogram", docs)
             frame.click("button[title='previous step']")
-            _wait(frame.page, lambda: f"step {step - 1}" in frame.text_content(".view-histogram .chart-title"),
-                  "histogram of the previous step")
+            _wait(page, lambda: f"step {step - 1}" in frame.text_content(".view-histogram .chart-title"),
+                  "previous step")
 
             # hostile layer name in the histogram view
             _select(frame, "run", HOSTILE_RUN)
-            _wait(frame.page, lambda: frame.query_selector("main[data-view=histogram] .histogram canvas"), "hostile histogram")
+            _appears(frame, "main[data-view=histogram] .histogram canvas", "hostile histogram")
             _select(frame, "layer", HOSTILE_LAYER)
-            _wait(frame.page, lambda: HOSTILE_LAYER in (frame.text_content(".view-histogram .chart-title") or ""),
+            _wait(page, lambda: HOSTILE_LAYER in frame.text_content(".view-histogram .chart-title"),
                   "hostile layer title")
 
             # (6) compare two runs layer by layer
             _open_view(frame, "compare")
-            _wait(frame.page, lambda: frame.query_selector_all(".compare-table tbody tr"), "compare rows")
+            _wait(page, lambda: frame.query_selector_all(".compare-table tbody tr"), "compare rows")
             assert frame.locator(".compare-table tbody tr").count() == 24
             assert frame.locator(".pair-bar").count() == 48
             _shot(page, "compare")
