@@ -116,6 +116,7 @@ class GradientCapture:
         self._info = dict(policy=policy, what_if=list(config.what_if),
                           replicas=strategy.num_replicas_in_sync)
         self._original_apply = None
+        self._gather_fn = None
         self._kinds: dict[int, str] = {}  # filled while tracing: no-gradient / sparse rows
         self._written_up_to = -1
         self._logged_seen = 0
@@ -293,10 +294,28 @@ class GradientCapture:
         order = [int(i) for i in np.argsort(slot_step) if slot_step[i] > self._written_up_to]
         if not order:
             return []
-        ints = np.stack([t.numpy() for t in local(self._ints)])  # [R, K, V, F]
-        floats = np.stack([t.numpy() for t in local(self._floats)])
+        ints, floats = self._replica_arrays()  # [R, K, V, F]
         vals = local(self._slot_vals)[0].numpy()
         return [(int(slot_step[k]), ints[:, k], floats[:, k], vals[k]) for k in order]
+
+    def _replica_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """Returns the int and float rings of every replica, `[R, K, V, F]` each.
+
+        Across workers this is a collective all-gather: every worker reaches it
+        at the same logged steps, because the cadence depends on the step count alone.
+        """
+        rings = (self._ints, self._floats)
+        local = [self.strategy.experimental_local_results(v) for v in rings]
+        if len(local[0]) == self.strategy.num_replicas_in_sync:
+            return tuple(np.stack([t.numpy() for t in copies]) for copies in local)
+        if self._gather_fn is None:
+            def replica_fn():
+                ctx = tf.distribute.get_replica_context()
+                return [ctx.all_gather(tf.expand_dims(v.read_value(), 0), axis=0) for v in rings]
+
+            self._gather_fn = tf.function(lambda: self.strategy.run(replica_fn))
+        gathered = self._gather_fn()
+        return tuple(self.strategy.experimental_local_results(g)[0].numpy() for g in gathered)
 
     def _write_step(self, step: int, ints, floats, vals) -> None:
         self._logged_seen += 1
@@ -395,7 +414,12 @@ def make_capture(
     """
     if not optimizer.built:
         optimizer.build(list(variables))
-    strategy = getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
+    strategy = (
+        getattr(model, "distribute_strategy", None)
+        # Keras' TF optimizer keeps the strategy it was created under: custom loops.
+        or getattr(optimizer, "_distribution_strategy", None)
+        or tf.distribute.get_strategy()
+    )
     owners = variable_owners(model) if model is not None else {}
     config = CaptureConfig(
         update_freq=update_freq,
