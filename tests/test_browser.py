@@ -142,7 +142,10 @@ _LAUNCHER = (
     "import sys\n"
     "from tensorboard import default, program\n"
     "from tb_gradstats.plugin import GradientHealthLoader\n"
-    "tb = program.TensorBoard(plugins=default.get_plugins() + [GradientHealthLoader()])\n"
+    "plugins = default.get_plugins()\n"
+    "if not any('GradientHealth' in repr(p) for p in plugins):\n"
+    "    plugins.append(GradientHealthLoader())\n"
+    "tb = program.TensorBoard(plugins=plugins)\n"
     "tb.configure(argv=[''] + sys.argv[1:])\n"
     "sys.exit(tb.main())\n"
 )

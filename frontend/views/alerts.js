@@ -76,8 +76,10 @@ export async function render(el, ctx) {
         h("td", { class: "message-cell" }, a.message),
         h("td", { class: "evidence" },
           h("button", { type: "button", class: "link", onClick: (e) => { e.stopPropagation(); ev.series(); } }, "series"),
-          h("button", { type: "button", class: "link", onClick: (e) => { e.stopPropagation(); ev.heatmap(); } }, "heatmap"),
-          h("button", { type: "button", class: "link", onClick: (e) => { e.stopPropagation(); ev.histogram(); } }, "histogram"))));
+          // step-level alerts (loss scale, skipped steps) have no layer to map or histogram
+          ev.metric.startsWith("step/") ? null : [
+            h("button", { type: "button", class: "link", onClick: (e) => { e.stopPropagation(); ev.heatmap(); } }, "heatmap"),
+            h("button", { type: "button", class: "link", onClick: (e) => { e.stopPropagation(); ev.histogram(); } }, "histogram")])));
     }
     table.appendChild(tbody);
     el.appendChild(table);
