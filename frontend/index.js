@@ -162,9 +162,21 @@ async function loadRuns(ctx, { force = false } = {}) {
   ctx.skipped = data.skipped || [];
   const last = Math.max(-1, ...ctx.runs.map((r) => (r.steps ? r.steps.last : -1)));
   ctx.status.textContent = `${ctx.runs.length} run(s)${last >= 0 ? `, last step ${last}` : ""} · checked ${new Date().toLocaleTimeString()}`;
-  if (changed || force) {
+  if (force) {
     renderSkipped(ctx);
-    renderView(ctx);
+    await renderView(ctx);
+  } else if (changed) {
+    // New steps arrived: redraw the current view in place, keeping the scroll position,
+    // unless the user is in the middle of using a control (then the next poll does it).
+    const active = document.activeElement;
+    if (active && ctx.root.contains(active) && /^(SELECT|INPUT)$/.test(active.tagName)) {
+      ctx.signature = null;
+      return;
+    }
+    const y = window.scrollY;
+    renderSkipped(ctx);
+    await renderView(ctx);
+    window.scrollTo(0, y);
   }
 }
 
