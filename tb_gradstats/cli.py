@@ -95,6 +95,7 @@ def _load(logdir: str, runs: list[str] | None):
 
     try:
         data, skipped = reader.Reader(reader.logdir_provider(logdir)).read_all()
+        skipped += reader.EventFileScanner(logdir, grace_s=0).scan()
     except Exception as e:  # noqa: BLE001 - any read failure is reported, not traced
         raise UsageError(f"cannot read {logdir!r}: {type(e).__name__}: {e}") from None
     if runs:

@@ -115,6 +115,8 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
         self._provider = context.data_provider
         self._readers: dict[str, reader.Reader] = {}
         self._frontend = frontend_dir()
+        # Damaged event files TensorBoard silently stops reading (local logdirs only).
+        self._scanner = reader.EventFileScanner(getattr(context, "logdir", None))
 
     def frontend_metadata(self) -> base_plugin.FrontendMetadata:
         """Returns the ES module entry point and the tab name."""
@@ -164,9 +166,15 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
 
     # --- routes --------------------------------------------------------------
 
+    def _skipped(self, request, skipped: list[reader.Skipped]) -> list[reader.Skipped]:
+        if plugin_util.experiment_id(request.environ):
+            return skipped  # not the plain logdir of the context
+        return skipped + self._scanner.scan()
+
     @wrappers.Request.application
     def _serve_runs(self, request):
         data, skipped = self._all(request)
+        skipped = self._skipped(request, skipped)
         return _json(request, {
             "runs": [_run_summary(d) for d in data.values()],
             "skipped": [s.as_json() for s in skipped],
@@ -262,6 +270,7 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
             raise errors.InvalidArgumentError(
                 f"severity must be one of {list(alerts_lib.SEVERITIES)}, got {severity!r}")
         data, skipped = self._all(request)
+        skipped = self._skipped(request, skipped)
         chosen = _list(request, "run", 0)
         found = []
         for run in self._runs(request, chosen or list(data)):

@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import struct
 import threading
 import time
 from collections.abc import Iterator
 
 import numpy as np
 from tensorboard import context as context_lib
+from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
 from tensorboard.data import provider as provider_lib
 
 from tb_gradstats import metadata
@@ -377,6 +380,93 @@ def _hist_list(run, tag, data, n_rows, skipped):
     if bad:
         skipped.append(Skipped(run, tag, f"{bad} histogram step(s) with a bad shape"))
     return np.asarray(steps, np.int64), hist
+
+
+class EventFileScanner:
+    """Finds event files that TensorBoard silently stops reading, and says why.
+
+    TensorBoard's loaders stop at the first record they cannot frame (a bad
+    length CRC, a truncated tail) without telling anyone, so a corrupt or
+    truncated file just looks like a run with fewer steps. This walks a local
+    logdir and checks the TFRecord framing of every `*tfevents*` file: each
+    record's length and its CRC, and that the data and footer are all there.
+    Data CRCs are not checked (that would read every byte).
+
+    Results are cached per file by size and mtime; a file that grew is
+    checked from its last good record on, so rescanning a live logdir is cheap.
+
+    Args:
+        logdir: a local directory (remote paths yield nothing).
+        grace_s: an incomplete last record younger than this is a write in
+            progress, not a truncation.
+    """
+
+    def __init__(self, logdir: str | None, grace_s: float = 30.0):
+        self._logdir = logdir
+        self._grace_s = grace_s
+        self._lock = threading.Lock()
+        # path -> (size, mtime_ns, offset after the last good record, problem or None)
+        self._files: dict[str, tuple[int, int, int, str | None]] = {}
+
+    def scan(self) -> list[Skipped]:
+        """Returns one `Skipped` (tag = file name) per damaged event file."""
+        if not self._logdir or "://" in self._logdir or not os.path.isdir(self._logdir):
+            return []
+        out = []
+        for root, dirs, files in os.walk(self._logdir):
+            dirs.sort()
+            for name in sorted(files):
+                if "tfevents" not in name:
+                    continue
+                problem = self._check(os.path.join(root, name))
+                if problem:
+                    run = os.path.relpath(root, self._logdir)
+                    out.append(Skipped(run, name, problem))
+        return out
+
+    def _check(self, path: str) -> str | None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None  # vanished between listing and stat
+        with self._lock:
+            size, mtime, offset, problem = self._files.get(path, (-1, -1, 0, None))
+        if (size, mtime) != (st.st_size, st.st_mtime_ns):
+            if size > st.st_size or problem is not None and not problem.startswith("ends in"):
+                offset = 0  # rewritten or shrunk: start over
+            offset, problem = _check_framing(path, offset, st.st_size)
+            with self._lock:
+                self._files[path] = (st.st_size, st.st_mtime_ns, offset, problem)
+        if problem and problem.startswith("ends in") and (
+                time.time() - st.st_mtime_ns / 1e9 < self._grace_s):
+            return None  # most likely a record being written right now
+        return problem
+
+
+def _check_framing(path: str, offset: int, size: int) -> tuple[int, str | None]:
+    """Walks the TFRecord framing from `offset`; returns (good offset, problem)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            while offset < size:
+                header = f.read(12)
+                if len(header) < 12:
+                    return offset, (f"ends in an incomplete record at byte {offset} of {size} "
+                                    "(truncated, or still being written); records before it are read")
+                length, crc = struct.unpack("<QI", header)
+                if masked_crc32c(header[:8]) != crc:
+                    what = "not a TFRecord event file" if offset == 0 else "corrupt record"
+                    return offset, (f"{what}: bad record header at byte {offset}; "
+                                    "TensorBoard reads nothing after it")
+                end = offset + 12 + length + 4
+                if end > size:
+                    return offset, (f"ends in an incomplete record at byte {offset} of {size} "
+                                    "(truncated, or still being written); records before it are read")
+                f.seek(end)
+                offset = end
+    except OSError as e:
+        return offset, f"cannot read event file: {e}"
+    return offset, None
 
 
 def logdir_provider(logdir: str):
