@@ -44,7 +44,12 @@ class Thresholds:
         vanishing_zero_fraction: late median `zero_fraction` at or above this...
         vanishing_zero_start: ...while the early median was below this is "zeros rising".
         underflow_fraction: `underflow_fraction/D` above this, for the run's
-            low-precision dtype `D`, is a range risk (warning).
+            low-precision dtype `D`, is a range risk (warning). At loss-scaled
+            steps (step `loss_scale > 1`) the rule compares `scaled_zero_fraction`
+            instead: `underflow_fraction/D` describes the *unscaled* gradient,
+            whose small values never existed in `D` (the backward pass held them
+            multiplied by the scale), so it overstates the risk; the zeros of the
+            scaled gradient are what really underflowed.
         overflow_fraction: `overflow_fraction/D` above this is a range risk (error).
         dead_min_steps: `zero_fraction == 1` for at least this many consecutive
             logged steps is a dead layer.
@@ -291,7 +296,11 @@ def low_precision_dtype(data: RunData, group: GroupData) -> str | None:
 
 
 def range_risk(data: RunData, th: Thresholds) -> list[Alert]:
-    """Under/overflow fractions for the run's own low-precision dtype."""
+    """Under/overflow fractions for the run's own low-precision dtype.
+
+    Underflow at loss-scaled steps is judged on `scaled_zero_fraction` (see
+    `Thresholds.underflow_fraction`).
+    """
     out = []
     for group in data.groups.values():
         dtype = low_precision_dtype(data, group)
@@ -302,21 +311,49 @@ def range_risk(data: RunData, th: Thresholds) -> list[Alert]:
             values = _column(group, f"{kind}_fraction/{dtype}")
             if values is None:
                 continue
-            out += _range_alerts(data, group, values, kind, dtype, limit, sev)
+            scaled = np.zeros(len(group.steps), bool)
+            if kind == "underflow":
+                values, scaled = _underflow_signal(data, group, values)
+            out += _range_alerts(data, group, values, scaled, kind, dtype, limit, sev)
     return out
 
 
-def _range_alerts(data, group, values, kind, dtype, limit, sev) -> list[Alert]:
+def loss_scaled_steps(data: RunData, steps: np.ndarray) -> np.ndarray:
+    """`[len(steps)]` bool: the step tensor logged a loss scale above 1 at that step."""
+    if "loss_scale" not in data.step_columns or not len(data.step_steps):
+        return np.zeros(len(steps), bool)
+    scale = data.step_metric("loss_scale")
+    i = np.clip(np.searchsorted(data.step_steps, steps), 0, len(data.step_steps) - 1)
+    return (data.step_steps[i] == steps) & (np.nan_to_num(scale[i]) > 1)
+
+
+def _underflow_signal(data, group, values) -> tuple[np.ndarray, np.ndarray]:
+    zeros = _column(group, "scaled_zero_fraction")
+    scaled = loss_scaled_steps(data, group.steps)
+    if zeros is None or not scaled.any():
+        return values, np.zeros(len(group.steps), bool)
+    return np.where(scaled[:, None], zeros, values), scaled
+
+
+def _range_alerts(data, group, values, scaled, kind, dtype, limit, sev) -> list[Alert]:
     out = []
     for r, layer in _layers(group):
         col = np.nan_to_num(values[:, r])
         hit = np.flatnonzero(col > limit)
-        if len(hit):
-            out.append(_alert(
-                sev, f"{kind}_risk", data, group.group, layer, group.steps[hit], col.max(), limit,
-                f"{layer}: up to {col.max():.3g} of the gradient values would {kind} in "
-                f"{dtype} ({len(hit)} logged step(s)).",
-            ))
+        if not len(hit):
+            continue
+        if scaled[hit].all():
+            what = (f"of the loss-scaled gradient values were zero in the {dtype} "
+                    "backward pass (underflow despite loss scaling)")
+        elif scaled[hit].any():
+            what = (f"of the gradient values underflowed in {dtype} (scaled zeros at "
+                    "loss-scaled steps, unscaled what-if elsewhere)")
+        else:
+            what = f"of the gradient values would {kind} in {dtype}"
+        out.append(_alert(
+            sev, f"{kind}_risk", data, group.group, layer, group.steps[hit], col.max(), limit,
+            f"{layer}: up to {col.max():.3g} {what} ({len(hit)} logged step(s)).",
+        ))
     return out
 
 

@@ -134,3 +134,34 @@ def test_at_least_and_counts():
     assert [a.rule for a in alerts.at_least(found, "error")] == ["non_finite"]
     with pytest.raises(ValueError):
         alerts.at_least(found, "fatal")
+
+
+def test_underflow_under_loss_scaling_uses_scaled_zero_fraction():
+    # Under mixed_float16 with a loss scale of 2**15 the unscaled what-if says 30% would
+    # underflow in float16, but the scaled gradient the backward pass held had no zeros.
+    stats = _healthy()
+    stats[:, :, COLUMNS.index("underflow_fraction/float16")] = 0.3
+    stats[:, :, COLUMNS.index("scaled_zero_fraction")] = 0.0
+    scaled = np.tile([2.0**15, 0, 1, 0, 0], (T, 1))
+    run = _run(stats, group="float32@float16", policy="mixed_float16", step_values=scaled)
+    assert _rules(run) == []
+    # Real underflow of the scaled gradient at steps 5 and 6 (logged steps 50, 60) of a/kernel.
+    stats[5:7, 1, COLUMNS.index("scaled_zero_fraction")] = [0.02, 0.25]
+    (a,) = alerts.evaluate(_run(stats, group="float32@float16", policy="mixed_float16",
+                                step_values=scaled))
+    assert (a.rule, a.severity, a.layer, a.first_step, a.last_step, a.value, a.threshold) == (
+        "underflow_risk", "warning", "a/kernel", 50, 60, 0.25, 0.01)
+    assert "loss-scaled" in a.message
+    # Without loss scaling (scale 1) the unscaled what-if is the honest signal again.
+    unscaled = np.tile([1.0, 0, 1, 0, 0], (T, 1))
+    got = alerts.evaluate(_run(stats, group="float32@float16", policy="mixed_float16",
+                               step_values=unscaled))
+    assert sorted((a.rule, a.layer, a.value, a.first_step, a.last_step) for a in got) == [
+        ("underflow_risk", "a/kernel", 0.3, 0, 390), ("underflow_risk", "b/kernel", 0.3, 0, 390)]
+    # Scale above 1 from step index 20 on: the first 20 steps judged on the what-if only.
+    mixed = unscaled.copy()
+    mixed[20:, 0] = 2.0**12
+    got = alerts.evaluate(_run(stats, group="float32@float16", policy="mixed_float16",
+                               step_values=mixed))
+    assert sorted((a.layer, a.first_step, a.last_step) for a in got) == [
+        ("a/kernel", 0, 190), ("b/kernel", 0, 190)]
