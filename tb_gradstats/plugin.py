@@ -14,12 +14,14 @@ value for us; `--samples_per_plugin=gradient_health=0` keeps every step.
 
 from __future__ import annotations
 
+import collections
 import csv
 import importlib.util
 import io
 import logging
 import os
 import re
+import threading
 
 import numpy as np
 from tensorboard import errors, plugin_util
@@ -41,6 +43,11 @@ DEFAULT_SAMPLES = 5000
 
 # New data shows up within this many seconds (TensorBoard reloads every 5 s by default).
 LIST_TTL_S = 1.0
+
+# Readers (each with a cache of every run's arrays) kept for the most recently
+# used experiment ids. Any URL `/experiment/<id>/...` names one, so the map must
+# not grow with the number of ids a client makes up.
+MAX_READERS = 4
 
 CSV_HEADER = ("run", "step", "group", "layer", "metric", "value")
 STEP_GROUP = "_step"
@@ -113,7 +120,8 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
 
     def __init__(self, context: base_plugin.TBContext):
         self._provider = context.data_provider
-        self._readers: dict[str, reader.Reader] = {}
+        self._readers: collections.OrderedDict[str, reader.Reader] = collections.OrderedDict()
+        self._readers_lock = threading.Lock()
         self._frontend = frontend_dir()
         # Damaged event files TensorBoard silently stops reading (local logdirs only).
         self._scanner = reader.EventFileScanner(getattr(context, "logdir", None))
@@ -148,10 +156,15 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
 
     def _reader(self, experiment_id: str) -> reader.Reader:
         # One reader (and cache) per experiment; a plain logdir has experiment "".
-        if experiment_id not in self._readers:
-            self._readers[experiment_id] = reader.Reader(
-                self._provider, experiment_id, list_ttl_s=LIST_TTL_S)
-        return self._readers[experiment_id]
+        with self._readers_lock:
+            found = self._readers.get(experiment_id)
+            if found is None:
+                found = reader.Reader(self._provider, experiment_id, list_ttl_s=LIST_TTL_S)
+                self._readers[experiment_id] = found
+                while len(self._readers) > MAX_READERS:
+                    self._readers.popitem(last=False)  # least recently used
+            self._readers.move_to_end(experiment_id)
+            return found
 
     def _all(self, request) -> tuple[dict[str, reader.RunData], list[reader.Skipped]]:
         ctx = plugin_util.context(request.environ)

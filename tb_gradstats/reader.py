@@ -217,6 +217,9 @@ class Reader:
             `(run → RunData, skipped)`; runs whose every tag was skipped are absent.
         """
         listing = self._list(ctx)
+        with self._lock:  # forget runs that are gone
+            for run in set(self._cache) - set(listing):
+                del self._cache[run]
         out, skipped = {}, []
         for run in sorted(listing):
             data, run_skipped = self._run_from_listing(ctx, run, listing[run])
