@@ -72,6 +72,22 @@ def machine_section() -> str:
     return "\n".join(f"- **{k}**: {v}" for k, v in facts.items())
 
 
+def save_section(name: str, text: str) -> None:
+    """Keeps a benchmark's latest section under `bench-out/sections/`."""
+    with open(os.path.join(common.ensure_out("sections"), f"{name}.md"), "w",
+              encoding="utf-8") as f:
+        f.write(text)
+
+
+def load_section(name: str) -> str | None:
+    """Returns the latest saved section of a benchmark, if any."""
+    path = os.path.join(common.BENCH_OUT, "sections", f"{name}.md")
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
 def write_readme(body: str) -> None:
     """Replaces the results block of README.md (creating the file if needed)."""
     block = f"{START}\n{body}\n{END}"
@@ -107,9 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     for name in BENCHMARKS:
         if name in args.only:
             print(f"\n=== {name} ===", flush=True)
-            sections.append(runners[name]())
+            section = runners[name]() + f"\n\n_Measured {common.machine_facts(False)['date']}._"
+            save_section(name, section)
+            sections.append(section)
+        elif (saved := load_section(name)) is not None:
+            sections.append(saved)  # an earlier run's numbers, with their date
     body = "\n\n".join(sections)
-    body += f"\n\n_All benchmarks took {time.perf_counter() - start:.0f} s._"
+    body += f"\n\n_This run took {time.perf_counter() - start:.0f} s._"
     print("\n" + body)
     if not args.no_readme:
         write_readme(body)

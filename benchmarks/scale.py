@@ -88,10 +88,21 @@ def free_port() -> int:
 
 
 def start_tensorboard(logdir: str, port: int, extra: list[str]) -> subprocess.Popen:
-    """Starts `tensorboard` from this interpreter's environment on 127.0.0.1."""
+    """Starts `tensorboard` from this interpreter's environment on 127.0.0.1.
+
+    Its output goes to `bench-out/scale/tensorboard.log` (a pipe nobody reads
+    would fill up and stall TensorBoard).
+    """
     exe = os.path.join(os.path.dirname(sys.executable), "tensorboard")
     cmd = [exe, "--logdir", logdir, "--host", "127.0.0.1", "--port", str(port)] + extra
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = open(os.path.join(common.ensure_out("scale"), "tensorboard.log"), "w")
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _log_tail() -> str:
+    path = os.path.join(common.ensure_out("scale"), "tensorboard.log")
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return f.read()[-2000:]
 
 
 def get(base: str, route: str, params: dict | None = None, timeout: float = 120.0):
@@ -120,9 +131,10 @@ def wait_loaded(base: str, proc: subprocess.Popen, runs: int, steps: int,
     """
     start = time.perf_counter()
     last: dict = {}
+    seen = ""
     while time.perf_counter() - start < timeout:
         if proc.poll() is not None:
-            raise RuntimeError(f"tensorboard exited: {proc.stderr.read()[-2000:]}")
+            raise RuntimeError(f"tensorboard exited: {_log_tail()}")
         try:
             status, body, _ = get(base, PLUGIN + "/runs", timeout=60)
         except (urllib.error.URLError, ConnectionError, TimeoutError):
@@ -133,6 +145,10 @@ def wait_loaded(base: str, proc: subprocess.Popen, runs: int, steps: int,
             counts = [r["steps"]["count"] for r in last.get("runs", [])]
             if len(counts) == runs and all(c >= steps for c in counts):
                 return time.perf_counter() - start, last
+            progress = f"{len(counts)} runs, steps {counts}"
+            if progress != seen:
+                print(f"  {time.perf_counter() - start:6.1f}s /runs: {progress}", flush=True)
+                seen = progress
         time.sleep(0.5)
     raise RuntimeError(f"not loaded after {timeout:.0f}s; last /runs: {str(last)[:500]}")
 
