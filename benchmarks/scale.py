@@ -120,35 +120,43 @@ def get(base: str, route: str, params: dict | None = None, timeout: float = 120.
 
 
 def wait_loaded(base: str, proc: subprocess.Popen, runs: int, steps: int,
-                timeout: float) -> tuple[float, dict]:
-    """Polls `/runs` until every run reports `steps` logged steps.
+                timeout: float, settle_s: float = 30.0) -> tuple[float, dict]:
+    """Polls `/runs` until every run is served with all its steps, or stops changing.
+
+    TensorBoard may keep fewer steps than were written (its reservoir, set by
+    `--samples_per_plugin` or the plugin's default), and runs the plugin cannot
+    read come back under `skipped`: so "loaded" is either every step of every
+    run, or an answer that has not changed for `settle_s` seconds.
 
     Returns:
-        `(seconds since the call, the last /runs answer)`.
+        `(seconds until the answer was final, the last /runs answer)`.
 
     Raises:
         RuntimeError: if TensorBoard exits or the timeout passes.
     """
     start = time.perf_counter()
     last: dict = {}
-    seen = ""
+    seen, seen_at = "", start
     while time.perf_counter() - start < timeout:
         if proc.poll() is not None:
             raise RuntimeError(f"tensorboard exited: {_log_tail()}")
         try:
-            status, body, _ = get(base, PLUGIN + "/runs", timeout=60)
+            status, body, _ = get(base, PLUGIN + "/runs", timeout=120)
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             time.sleep(0.25)
             continue
+        now = time.perf_counter()
         if status == 200:
             last = json.loads(body)
             counts = [r["steps"]["count"] for r in last.get("runs", [])]
             if len(counts) == runs and all(c >= steps for c in counts):
-                return time.perf_counter() - start, last
-            progress = f"{len(counts)} runs, steps {counts}"
+                return now - start, last
+            progress = f"{len(counts)} runs, steps {counts}, {len(last.get('skipped', []))} skipped"
             if progress != seen:
-                print(f"  {time.perf_counter() - start:6.1f}s /runs: {progress}", flush=True)
-                seen = progress
+                print(f"  {now - start:6.1f}s /runs: {progress}", flush=True)
+                seen, seen_at = progress, now
+            elif (counts or last.get("skipped")) and now - seen_at > settle_s:
+                return seen_at - start, last
         time.sleep(0.5)
     raise RuntimeError(f"not loaded after {timeout:.0f}s; last /runs: {str(last)[:500]}")
 
@@ -281,23 +289,21 @@ def tables(result: dict) -> str:
     """Returns the markdown of the scale benchmark."""
     g = result["generation"]
     lines = [
+        f"#### {result['runs']} runs × {result['layers']} layers × {result['steps']} steps, "
+        f"`{' '.join(result['tb_flags']) or 'default flags'}`",
+        "",
         f"Logdir: {result['runs']} runs × {result['layers']} layers × {result['steps']} logged "
         f"steps, histogram every {result['histogram_freq']} logged steps: "
         f"{common.human_bytes(g['bytes'])} of events, written in {g['seconds']:.0f} s "
         f"({g['seconds'] / max(result['runs'] * result['steps'], 1) * 1e3:.2f} ms per run-step"
         f"{', cached' if g.get('cached') else ''}).",
-        f"TensorBoard (`{' '.join(result['tb_flags']) or 'default flags'}`): all steps served "
-        f"after {result['load_s']:.1f} s; resident memory {result['rss_mib']:.0f} MiB.",
+        f"TensorBoard (`{' '.join(result['tb_flags']) or 'default flags'}`): /runs final after "
+        f"{result['load_s']:.1f} s, serving {_served(result)}; resident memory "
+        f"{result['rss_mib']:.0f} MiB (TensorBoard + data server).",
+        *_skipped_lines(result),
         "",
-        common.markdown_table(
-            ["route", "p50 ms", "p95 ms", "payload", "p95 < 300 ms", "payload < 1 MB"],
-            [[r["name"], f"{r['p50_ms']:.1f}", f"{r['p95_ms']:.1f}",
-              common.human_bytes(r["bytes"]) + ("" if r["status"] == 200
-                                                else f" (HTTP {r['status']})"),
-              "yes" if r["p95_ms"] < TARGET_P95_MS else "**no**",
-              "yes" if r["bytes"] < TARGET_PAYLOAD else "**no**"]
-             for r in result["routes"]],
-        ),
+        _routes_table(result["routes"]) if result["routes"]
+        else "No route timings: the plugin served no run.",
     ]
     b = result.get("browser")
     if b and "error" not in b:
@@ -316,6 +322,32 @@ def tables(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _routes_table(routes: list[dict]) -> str:
+    return common.markdown_table(
+        ["route", "p50 ms", "p95 ms", "payload", "p95 < 300 ms", "payload < 1 MB"],
+        [[r["name"], f"{r['p50_ms']:.1f}", f"{r['p95_ms']:.1f}",
+          common.human_bytes(r["bytes"]) + ("" if r["status"] == 200
+                                            else f" (HTTP {r['status']})"),
+          "yes" if r["p95_ms"] < TARGET_P95_MS else "**no**",
+          "yes" if r["bytes"] < TARGET_PAYLOAD else "**no**"]
+         for r in routes],
+    )
+
+
+def _served(result: dict) -> str:
+    served = result["served"]
+    if not served:
+        return "**no run**"
+    if all(c >= result["steps"] for c in served):
+        return f"all {result['steps']} steps of all {len(served)} runs"
+    return f"{len(served)} runs with {served} of {result['steps']} steps (reservoir)"
+
+
+def _skipped_lines(result: dict) -> list[str]:
+    reasons = sorted({s["reason"].replace("\n", " ")[:240] for s in result["skipped"]})
+    return [f"Skipped tags ({len(result['skipped'])}): " + "; ".join(reasons)] if reasons else []
+
+
 def _yes(seconds: float) -> str:
     return "yes" if seconds < TARGET_PAINT_S else "**no**"
 
@@ -330,10 +362,12 @@ def run(runs: int, layers: int, steps: int, histogram_freq: int, requests: int,
     try:
         load_s, runs_json = wait_loaded(base, proc, runs, steps, timeout=1800)
         result = dict(runs=runs, layers=layers, steps=steps, histogram_freq=histogram_freq,
-                      generation=generation, tb_flags=tb_flags, load_s=load_s)
-        result["routes"] = time_routes(base, runs_json, requests)
+                      generation=generation, tb_flags=tb_flags, load_s=load_s,
+                      served=[r["steps"]["count"] for r in runs_json.get("runs", [])],
+                      skipped=runs_json.get("skipped", []))
         result["rss_mib"] = tensorboard_rss_mib(proc)
-        if browser:
+        result["routes"] = time_routes(base, runs_json, requests) if result["served"] else []
+        if browser and result["served"]:
             try:
                 result["browser"] = time_browser(base, runs)
             except Exception as e:  # noqa: BLE001 - report, do not lose the route numbers
