@@ -105,16 +105,23 @@ def _tensorboards(logdir: str, flag_sets: dict[str, list[str]]):
 
 
 def _wait_loaded(base: str, timeout_s: float = 240) -> dict:
-    """Waits until the last step is served (reload_interval 0: one load, then idle)."""
-    deadline, last = time.monotonic() + timeout_s, None
+    """Waits until the last step is served and the answer is stable.
+
+    While TensorBoard still loads, the tags of a run are sampled at slightly
+    different moments (their union can exceed the cap); once the last step is in
+    and two answers 1.5 s apart (past the listing TTL) agree, loading is over.
+    """
+    deadline, last, previous = time.monotonic() + timeout_s, None, None
     while time.monotonic() < deadline:
         try:
             last = _get(base + API + "/runs")
             if last["runs"] and last["runs"][0]["steps"]["last"] == N_STEPS - 1:
-                return last["runs"][0]["steps"]
+                if last == previous:
+                    return last["runs"][0]["steps"]
+                previous = last
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             pass
-        time.sleep(1)
+        time.sleep(1.5)
     pytest.fail(f"{base} did not load all steps; last /runs: {str(last)[:300]}")
 
 
