@@ -66,6 +66,8 @@ class GradientHealth(keras.callbacks.Callback):
         self.what_if_dtypes = tuple(formats.canonical_name(d) for d in what_if_dtypes)
         self.layers = layers
         self._capture: GradientCapture | None = None
+        self._hooked_train_function = None
+        self._plain_train_function = None
         self._writer = GradientHealthWriter(self.log_dir)
         self._host_step = 0
         self._last_end = -1
@@ -74,8 +76,13 @@ class GradientHealth(keras.callbacks.Callback):
         capture = self._capture_for(self.model)
         self._host_step = capture.step
         capture.install()
-        # The step function was traced without the hook: rebuild it lazily.
-        self.model.make_train_function(force=True)
+        # The model's step function was traced without the hook: swap in ours, traced
+        # once per capture, and hand the untouched one back in on_train_end (no retrace).
+        self._plain_train_function = self.model.train_function
+        if self._hooked_train_function is None:
+            self.model.make_train_function(force=True)
+            self._hooked_train_function = self.model.train_function
+        self.model.train_function = self._hooked_train_function
 
     def on_epoch_begin(self, epoch, logs=None):
         self._last_end = -1
@@ -101,7 +108,7 @@ class GradientHealth(keras.callbacks.Callback):
         self._flush()
         self._writer.close()  # a later fit appends a new event file to the same run
         self._capture.uninstall()
-        self.model.make_train_function(force=True)
+        self.model.train_function = self._plain_train_function
 
     def _flush(self) -> None:
         try:
@@ -112,6 +119,7 @@ class GradientHealth(keras.callbacks.Callback):
     def _capture_for(self, model) -> GradientCapture:
         if self._capture is not None and self._capture.optimizer is model.optimizer:
             return self._capture
+        self._hooked_train_function = None
         self._capture = make_capture(
             model.optimizer,
             model.trainable_variables,

@@ -136,11 +136,10 @@ class GradientCapture:
                 tf.fill([k], tf.constant(-1, tf.int64)), name="gh_slot_step", **_ON_READ
             )
             self._slot_vals = tf.Variable(tf.zeros([k, 2], tf.float32), name="gh_slot_vals", **_ON_READ)
-            # Pre-update weights of a logged step, for update_ratio; written only on logged steps.
-            self._snapshots = [
-                tf.Variable(tf.zeros(r.variable.shape, r.variable.dtype), name="gh_snap", **_ON_READ)
-                for r in self.rows
-            ]
+            # Pre-update weights of a logged step, flattened to float32 (exact for every
+            # float dtype Keras trains in), for update_ratio; written only on logged steps.
+            size = sum(int(np.prod(r.variable.shape)) for r in self.rows)
+            self._snapshot = tf.Variable(tf.zeros([size], tf.float32), name="gh_snapshot", **_ON_READ)
 
     @property
     def step(self) -> int:
@@ -225,36 +224,21 @@ class GradientCapture:
 
     def _record_before(self, by_row, step, scale):
         boundaries = tf.constant(self._boundaries, tf.int32)
-        empty = tf.constant(combine.empty_int_record(len(self._boundaries) + 1), tf.int64)
-        ints, floats = [], []
-        for g in by_row:
-            if g is None:
-                ints.append(empty)
-                floats.append(tf.zeros([2], tf.float64))
-            else:
-                values = g.values if isinstance(g, tf.IndexedSlices) else g
-                i, f = stats.tensor_record(values, boundaries, scale)
-                ints.append(i)
-                floats.append(f[:2])
-        weight_sq = []
-        for row, snap in zip(self.rows, self._snapshots):
-            w = _value(row.variable)
-            snap.assign(w)
-            weight_sq.append(tf.reduce_sum(tf.square(tf.cast(w, tf.float64))))
+        grads = [g.values if isinstance(g, tf.IndexedSlices) else g for g in by_row]
+        ints, moments = stats.records(grads, boundaries, scale)
+        weights, seg = stats.flatten([_value(r.variable) for r in self.rows])
+        self._snapshot.assign(weights)
+        weight_sq = stats.sum_sq_by_segment(weights, seg, len(self.rows))
         slot = self._logged.read_value() % self.config.slots
-        _assign_slot(self._ints, slot, tf.stack(ints))
+        _assign_slot(self._ints, slot, ints)
         _assign_slot(self._slot_step, slot, step)
-        return tf.concat(
-            [tf.stack(floats), tf.zeros([len(self.rows), 1], tf.float64), tf.stack(weight_sq)[:, None]],
-            1,
-        )
+        update_placeholder = tf.zeros_like(weight_sq)
+        return tf.concat([moments, tf.stack([update_placeholder, weight_sq], 1)], 1)
 
     def _record_after(self, pre, iterations_before, scale):
-        update_sq = []
-        for row, snap in zip(self.rows, self._snapshots):
-            delta = tf.cast(_value(row.variable), tf.float64) - tf.cast(snap, tf.float64)
-            update_sq.append(tf.reduce_sum(tf.square(delta)))
-        floats = tf.concat([pre[:, :2], tf.stack(update_sq)[:, None], pre[:, 3:]], 1)
+        weights, seg = stats.flatten([_value(r.variable) for r in self.rows])
+        update_sq = stats.sum_sq_by_segment(weights - self._snapshot, seg, len(self.rows))
+        floats = tf.concat([pre[:, :2], update_sq[:, None], pre[:, 3:]], 1)
         slot = self._logged.read_value() % self.config.slots
         _assign_slot(self._floats, slot, floats)
         skipped = tf.equal(tf.identity(self.optimizer.iterations), iterations_before)

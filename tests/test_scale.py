@@ -24,7 +24,7 @@ def _deep_mlp():
 
 
 def test_thousand_variables_no_per_variable_work_on_unlogged_steps(tmp_path, monkeypatch):
-    calls = {"tensor_record": 0, "group_metrics": 0, "read": 0}
+    calls = {"records": 0, "group_metrics": 0, "read": 0}
 
     def counting(name, fn):
         def wrapper(*args, **kwargs):
@@ -32,7 +32,7 @@ def test_thousand_variables_no_per_variable_work_on_unlogged_steps(tmp_path, mon
             return fn(*args, **kwargs)
         return wrapper
 
-    monkeypatch.setattr(stats, "tensor_record", counting("tensor_record", stats.tensor_record))
+    monkeypatch.setattr(stats, "records", counting("records", stats.records))
     monkeypatch.setattr(combine, "group_metrics", counting("group_metrics", combine.group_metrics))
     monkeypatch.setattr(capture.GradientCapture, "_read_slots",
                         counting("read", capture.GradientCapture._read_slots))
@@ -45,8 +45,8 @@ def test_thousand_variables_no_per_variable_work_on_unlogged_steps(tmp_path, mon
               callbacks=[tb_gradstats.GradientHealth(str(tmp_path), update_freq=25)])
     logged = [s for s, _, _ in read_events(str(tmp_path))[metadata.stats_tag("float32")]]
     assert logged == list(range(0, steps, 25))  # 0, 25, 50, 75
-    # Traced once: one record per variable, never per step.
-    assert calls["tensor_record"] == 2 * LAYERS
+    # Traced once: all 1040 variables in one batched record, never per step or per variable.
+    assert calls["records"] == 1
     # Host work only when a logged step ran (plus the final read at train end).
     assert calls["read"] == len(logged) + 1
     assert calls["group_metrics"] == len(logged)
