@@ -88,6 +88,7 @@ class Alert:
         value: the measured value.
         threshold: the threshold it crossed.
         message: one sentence for the user.
+        metric: the stats or step column that shows the evidence (for the dashboard's jump).
     """
 
     severity: str
@@ -100,6 +101,7 @@ class Alert:
     value: float
     threshold: float
     message: str
+    metric: str = ""
 
     def as_json(self) -> dict:
         """Returns the alert as a JSON-ready dict."""
@@ -161,9 +163,14 @@ def _column(group: GroupData, name: str) -> np.ndarray | None:
     return group.metric(name) if name in group.columns else None
 
 
-def _alert(sev, rule, data, group, layer, steps, value, threshold, message) -> Alert:
+_EVIDENCE = {"non_finite": "nan_count", "vanishing": "l2_norm", "exploding": "l2_norm",
+             "dead_layer": "zero_fraction", "loss_scale_collapse": "loss_scale",
+             "skipped_steps": "skipped_step", "nonfinite_applied": "nonfinite_applied"}
+
+
+def _alert(sev, rule, data, group, layer, steps, value, threshold, message, metric=None) -> Alert:
     return Alert(sev, rule, data.run, group, layer, int(steps[0]), int(steps[-1]),
-                 float(value), float(threshold), message)
+                 float(value), float(threshold), message, metric or _EVIDENCE.get(rule, ""))
 
 
 def _longest_true_run(mask: np.ndarray) -> tuple[int, int]:
@@ -253,7 +260,7 @@ def zeros_rising(data: RunData, th: Thresholds) -> list[Alert]:
                     "warning", "vanishing", data, group.group, layer, group.steps, late,
                     th.vanishing_zero_fraction,
                     f"{layer}: {late:.0%} of gradient values are zero at the end of the run "
-                    f"(was {early:.0%}).",
+                    f"(was {early:.0%}).", metric="zero_fraction",
                 ))
     return out
 
@@ -353,6 +360,7 @@ def _range_alerts(data, group, values, scaled, kind, dtype, limit, sev) -> list[
         out.append(_alert(
             sev, f"{kind}_risk", data, group.group, layer, group.steps[hit], col.max(), limit,
             f"{layer}: up to {col.max():.3g} {what} ({len(hit)} logged step(s)).",
+            metric=("scaled_zero_fraction" if scaled[hit].all() else f"{kind}_fraction/{dtype}"),
         ))
     return out
 

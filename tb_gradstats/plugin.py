@@ -559,11 +559,6 @@ def global_norm(data: reader.RunData) -> tuple[np.ndarray, np.ndarray]:
     return steps, np.sqrt(total)
 
 
-_RULE_METRIC = {"non_finite": "nan_count", "vanishing": "l2_norm", "exploding": "l2_norm",
-                "dead_layer": "zero_fraction", "underflow_risk": "underflow_fraction",
-                "overflow_risk": "overflow_fraction"}
-
-
 def _overview(data: reader.RunData, n_worst: int = 5) -> dict:
     found = alerts_lib.evaluate(data)
     worst, seen = [], set()
@@ -571,7 +566,7 @@ def _overview(data: reader.RunData, n_worst: int = 5) -> dict:
         if a.group != STEP_GROUP and (a.group, a.layer) not in seen and len(worst) < n_worst:
             seen.add((a.group, a.layer))
             worst.append({"layer": a.layer, "group": a.group,
-                          "metric": _RULE_METRIC.get(a.rule, a.rule), "value": a.value})
+                          "metric": a.metric or a.rule, "value": a.value})
     scale = (data.step_metric("loss_scale") if "loss_scale" in data.step_columns
              else np.zeros(0))
     ls_steps, ls_values = downsample_minmax(data.step_steps, scale, 500)

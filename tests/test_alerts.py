@@ -165,3 +165,22 @@ def test_underflow_under_loss_scaling_uses_scaled_zero_fraction():
                                step_values=mixed))
     assert sorted((a.layer, a.first_step, a.last_step) for a in got) == [
         ("a/kernel", 0, 190), ("b/kernel", 0, 190)]
+
+
+
+def test_every_alert_names_a_metric_the_run_logged():
+    """The dashboard jumps to `alert.metric`: it must be a column of the group or the step tensor."""
+    stats = _healthy()
+    stats[7, 2, COLUMNS.index("nan_count")] = 3  # non_finite
+    stats[:, 1, COLUMNS.index("l2_norm")] = np.logspace(0, -5, T)  # vanishing
+    stats[5:30, 2, COLUMNS.index("zero_fraction")] = 1.0  # dead layer
+    stats[:, 1, COLUMNS.index("underflow_fraction/float16")] = 0.5  # underflow risk
+    sv = np.tile([1.0, 1, 1, 1, 1], (T, 1))  # skipped steps, nonfinite applied
+    sv[:, 0] = np.logspace(0, -3, T)  # loss scale collapse
+    data = _run(stats, group="float32@float16", policy="mixed_float16", step_values=sv)
+    found = alerts.evaluate(data)
+    assert {a.rule for a in found} >= {"non_finite", "vanishing", "dead_layer", "underflow_risk",
+                                       "skipped_steps", "nonfinite_applied"}
+    for a in found:
+        columns = data.step_columns if a.group == "_step" else data.groups[a.group].columns
+        assert a.metric in columns, a

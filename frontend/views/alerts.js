@@ -6,8 +6,10 @@ import { h, fmt, message, select } from "../charts.js";
 const SEVERITIES = ["info", "warning", "error"];
 const RANK = { info: 0, warning: 1, error: 2 };
 
-/** Picks the metric an alert is about from its rule/message and the run's columns. */
+/** The metric an alert is about: the server names it; older servers' alerts are guessed from the text. */
 export function alertMetric(alert, columns, stepMetrics) {
+  if (alert.metric && stepMetrics.includes(alert.metric)) return `step/${alert.metric}`;
+  if (alert.metric && columns.includes(alert.metric)) return alert.metric;
   const text = `${alert.rule || ""} ${alert.message || ""}`.toLowerCase();
   for (const m of stepMetrics) if (text.includes(m)) return `step/${m}`;
   const hits = columns.filter((c) => text.includes(c.toLowerCase())).sort((a, b) => b.length - a.length);
