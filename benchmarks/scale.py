@@ -344,8 +344,11 @@ def _served(result: dict) -> str:
 
 
 def _skipped_lines(result: dict) -> list[str]:
-    reasons = sorted({s["reason"].replace("\n", " ")[:240] for s in result["skipped"]})
-    return [f"Skipped tags ({len(result['skipped'])}): " + "; ".join(reasons)] if reasons else []
+    skipped = result["skipped"]
+    if not skipped:
+        return []
+    first = " ".join(skipped[0]["reason"].split())[:300]
+    return [f"The plugin skipped {len(skipped)} tags, e.g. `{skipped[0]['tag']}`: {first}"]
 
 
 def _yes(seconds: float) -> str:
