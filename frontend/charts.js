@@ -235,7 +235,7 @@ export function lineChart(parent, opts) {
   const surf = makeCanvas(wrap, widthOf(parent), height);
   const tip = makeTooltip(wrap);
   const series = opts.series.filter((s) => s.xs && s.xs.length);
-  const M = { l: 64, r: 16, t: 22, b: 30 };
+  const M = { l: 64, r: 16, t: 30, b: 30 }; // top: legend text above the NaN/Inf marker strip
   let geom = null;
   let hoverX = null;
 
