@@ -144,7 +144,7 @@ export async function render(el, ctx) {
       h("span", { class: "chip" }, `zeros ${fmt(data.zero_count)}${share(data.zero_count)}`),
       h("span", { class: `chip${data.nan_count > 0 ? " chip-error" : ""}` }, `NaN ${fmt(data.nan_count)}`),
       h("span", { class: `chip${data.inf_count > 0 ? " chip-error" : ""}` }, `Inf ${fmt(data.inf_count)}`)));
-    if (!counts.length || !Number.isFinite(e0)) {
+    if (!counts.some((c) => c > 0) || !Number.isFinite(e0)) {
       body.appendChild(message("empty", "No nonzero finite values at this step."));
       return;
     }
