@@ -144,3 +144,26 @@ def write_synthetic_run(
         writer.write(step, data, values, {"policy": policy})
     writer.close()
     return SyntheticRun(path, run, steps, columns, rows, stats, first, hist, step_values)
+
+
+def plugin_client(logdir) -> tuple[object, object]:
+    """Returns `(werkzeug test client, plugin)` for the plugin inside TensorBoard's WSGI app.
+
+    A real `EventMultiplexer` + `MultiplexerDataProvider` over `logdir`, keeping every
+    logged step, as TensorBoard's own plugin tests do.
+    """
+    from tensorboard.backend import application
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+    from werkzeug import test as werkzeug_test
+
+    from tb_gradstats import plugin
+
+    mux = plugin_event_multiplexer.EventMultiplexer(tensor_size_guidance={metadata.PLUGIN_NAME: 0})
+    mux.AddRunsFromDirectory(str(logdir))
+    mux.Reload()
+    ctx = base_plugin.TBContext(
+        logdir=str(logdir), data_provider=data_provider.MultiplexerDataProvider(mux, str(logdir))
+    )
+    p = plugin.GradientHealthLoader().load(ctx)
+    return werkzeug_test.Client(application.TensorBoardWSGI([p])), p

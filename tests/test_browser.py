@@ -270,6 +270,38 @@ def _shot(page, name, docs=False):
         page.screenshot(path=os.path.join(DOCS, f"{name}.png"))
 
 
+def _plugin_frame(page):
+    for f in page.frames:
+        if "plugin_entry" in f.url and f.query_selector(".gh-root"):
+            return f
+    return None
+
+
+@contextlib.contextmanager
+def gradient_health_tab(url: str, *init_scripts: str):
+    """Opens the Gradient Health tab in headless Chromium.
+
+    Yields `(page, frame, console, page_errors)`: the plugin's iframe, and lists that
+    collect console messages and uncaught page errors while the block runs.
+    """
+    from playwright.sync_api import sync_playwright  # imported late: skipped without chromium
+
+    console, page_errors = [], []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 800})
+            for script in (INIT_SCRIPT, *init_scripts):
+                page.add_init_script(script)
+            page.on("console", lambda m: console.append((m.type, m.text)))
+            page.on("pageerror", lambda e: page_errors.append(str(e)))
+            page.goto(url + "/#gradient_health")
+            frame = _wait(page, lambda: _plugin_frame(page), "the plugin iframe", timeout=45)
+            yield page, frame, console, page_errors
+        finally:
+            browser.close()
+
+
 @pytest.fixture(scope="module")
 def tensorboard_url(tmp_path_factory):
     logdir = str(tmp_path_factory.mktemp("logdir"))
@@ -281,127 +313,108 @@ def tensorboard_url(tmp_path_factory):
 
 
 def test_gradient_health_tab(tensorboard_url):
-    from playwright.sync_api import sync_playwright
 
     url, logdir = tensorboard_url
     docs = os.environ.get("GH_WRITE_DOCS") == "1"
-    console, page_errors = [], []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 800})
-            page.add_init_script(INIT_SCRIPT)
-            page.on("console", lambda m: console.append((m.type, m.text)))
-            page.on("pageerror", lambda e: page_errors.append(str(e)))
-            page.goto(url + "/#gradient_health")
+    with gradient_health_tab(url) as (page, frame, console, page_errors):
 
-            def plugin_frame():
-                for f in page.frames:
-                    if "plugin_entry" in f.url and f.query_selector(".gh-root"):
-                        return f
-                return None
+        # (1) overview: one card per run, sparklines drawn, hostile name as inert text
+        _wait(page, lambda: len(frame.query_selector_all(".run-card")) == 4, "4 run cards")
+        titles = [t.text_content() for t in frame.query_selector_all(".run-card .card-title")]
+        assert HOSTILE_RUN in titles
+        assert sum(1 for n in _ink(frame, ".run-card canvas.sparkline") if n > 20) >= 8
+        assert frame.locator(".run-card .layer-name", has_text=HOSTILE_LAYER).count() == 1
+        assert frame.evaluate("document.querySelectorAll('img').length") == 0
+        _shot(page, "overview", docs)
 
-            frame = _wait(page, plugin_frame, "the plugin iframe", timeout=45)
+        # polling/refresh: new steps show up without a page reload
+        _write_run(logdir, "float32_baseline", policy="float32", group="float32",
+                   layers=_layer_names(12), steps=range(200, 230), seed=9, center=-11.0)
 
-            # (1) overview: one card per run, sparklines drawn, hostile name as inert text
-            _wait(page, lambda: len(frame.query_selector_all(".run-card")) == 4, "4 run cards")
-            titles = [t.text_content() for t in frame.query_selector_all(".run-card .card-title")]
-            assert HOSTILE_RUN in titles
-            assert sum(1 for n in _ink(frame, ".run-card canvas.sparkline") if n > 20) >= 8
-            assert frame.locator(".run-card .layer-name", has_text=HOSTILE_LAYER).count() == 1
-            assert frame.evaluate("document.querySelectorAll('img').length") == 0
-            _shot(page, "overview", docs)
+        def sees_new_steps():
+            frame.click("button:text-is('Refresh')")
+            page.wait_for_timeout(500)
+            return "last step 229" in frame.text_content(".status")
 
-            # polling/refresh: new steps show up without a page reload
-            _write_run(logdir, "float32_baseline", policy="float32", group="float32",
-                       layers=_layer_names(12), steps=range(200, 230), seed=9, center=-11.0)
+        _wait(page, sees_new_steps, "new steps after Refresh", timeout=30)
 
-            def sees_new_steps():
-                frame.click("button:text-is('Refresh')")
-                page.wait_for_timeout(500)
-                return "last step 229" in frame.text_content(".status")
+        # (2) alerts: rows, hostile row inert, a row opens its evidence
+        _open_view(frame, "alerts")
+        _wait(page, lambda: frame.query_selector_all(".alerts-table tbody tr"), "alert rows")
+        assert frame.locator(".alerts-table td.run-name", has_text=HOSTILE_RUN).count() >= 1
+        _shot(page, "alerts")
+        frame.locator(".alerts-table tbody tr", has_text="non_finite").filter(
+            has_text="mixed_float16").first.click()
+        _appears(frame, "main[data-view=series] .line-chart canvas", "evidence chart")
+        _settled(frame)
+        assert _ink(frame, ".line-chart canvas")[0] > 500
+        assert "nan_count of dense_0/" in frame.text_content(".view-series .chart-title")
+        assert "Shaded: alert steps" in frame.text_content(".view-series .hint")
 
-            _wait(page, sees_new_steps, "new steps after Refresh", timeout=30)
-
-            # (2) alerts: rows, hostile row inert, a row opens its evidence
-            _open_view(frame, "alerts")
-            _wait(page, lambda: frame.query_selector_all(".alerts-table tbody tr"), "alert rows")
-            assert frame.locator(".alerts-table td.run-name", has_text=HOSTILE_RUN).count() >= 1
-            _shot(page, "alerts")
-            frame.locator(".alerts-table tbody tr", has_text="non_finite").filter(
-                has_text="mixed_float16").first.click()
-            _appears(frame, "main[data-view=series] .line-chart canvas", "evidence chart")
+        # (3) series: one layer, several runs overlaid, log y, NaN steps marked
+        _open_view(frame, "series")
+        _select(frame, "metric", "l2_norm")
+        _settled(frame)
+        _select(frame, "layer", "dense_0/kernel")
+        _settled(frame)
+        for run in ("float32_baseline", "bfloat16"):
+            frame.locator(".run-check", has_text=run).locator("input").check()
             _settled(frame)
-            assert _ink(frame, ".line-chart canvas")[0] > 500
-            assert "nan_count of dense_0/" in frame.text_content(".view-series .chart-title")
-            assert "Shaded: alert steps" in frame.text_content(".view-series .hint")
+        _wait(page, lambda: frame.locator(".line-chart .legend-item").count() == 3, "3 series")
+        assert frame.locator(".line-chart .legend-item", has_text="non-finite").count() == 1
+        assert _ink(frame, ".line-chart canvas")[0] > 500
+        box = frame.locator(".line-chart canvas").bounding_box()
+        frame.locator(".line-chart canvas").hover(
+            position={"x": box["width"] * 0.6, "y": box["height"] / 2})
+        assert "step" in frame.text_content(".chart-tooltip")
+        _shot(page, "series", docs)
 
-            # (3) series: one layer, several runs overlaid, log y, NaN steps marked
-            _open_view(frame, "series")
-            _select(frame, "metric", "l2_norm")
-            _settled(frame)
-            _select(frame, "layer", "dense_0/kernel")
-            _settled(frame)
-            for run in ("float32_baseline", "bfloat16"):
-                frame.locator(".run-check", has_text=run).locator("input").check()
-                _settled(frame)
-            _wait(page, lambda: frame.locator(".line-chart .legend-item").count() == 3, "3 series")
-            assert frame.locator(".line-chart .legend-item", has_text="non-finite").count() == 1
-            assert _ink(frame, ".line-chart canvas")[0] > 500
-            box = frame.locator(".line-chart canvas").bounding_box()
-            frame.locator(".line-chart canvas").hover(
-                position={"x": box["width"] * 0.6, "y": box["height"] / 2})
-            assert "step" in frame.text_content(".chart-tooltip")
-            _shot(page, "series", docs)
+        # (4) heatmap of mixed_float16; click a cell -> (5) histogram of that layer/step
+        _open_view(frame, "heatmap")
+        _select(frame, "run", "mixed_float16")
+        _appears(frame, ".heatmap canvas.chart-canvas", "heatmap")
+        _settled(frame)
+        assert _ink(frame, ".heatmap canvas.chart-canvas")[0] > 10000
+        heat = frame.locator(".heatmap canvas.chart-canvas")
+        box = heat.bounding_box()
+        pos = {"x": box["width"] * 0.6, "y": 8 + 14 * 3.5}  # row 3 (row 0 is "*")
+        heat.hover(position=pos)
+        tip = frame.locator(".heatmap .chart-tooltip").inner_text()
+        layer = tip.splitlines()[0].strip()
+        step = int(tip.splitlines()[1].split()[1].split("–")[0])
+        assert layer == "dense_1/kernel", tip
+        _shot(page, "heatmap", docs)
+        heat.click(position=pos)
+        _appears(frame, "main[data-view=histogram] .histogram canvas", "histogram")
+        _settled(frame)
+        title = frame.text_content(".view-histogram .chart-title")
+        assert f"{layer} · mixed_float16 · step {step}" == title, (title, tip)
+        assert _ink(frame, ".histogram canvas")[0] > 5000
+        assert frame.locator(".zone-table tbody tr").count() == 4
+        _shot(page, "histogram", docs)
+        frame.click("button[title='previous step']")
+        _wait(page, lambda: f"step {step - 1}" in frame.text_content(".view-histogram .chart-title"),
+              "previous step")
 
-            # (4) heatmap of mixed_float16; click a cell -> (5) histogram of that layer/step
-            _open_view(frame, "heatmap")
-            _select(frame, "run", "mixed_float16")
-            _appears(frame, ".heatmap canvas.chart-canvas", "heatmap")
-            _settled(frame)
-            assert _ink(frame, ".heatmap canvas.chart-canvas")[0] > 10000
-            heat = frame.locator(".heatmap canvas.chart-canvas")
-            box = heat.bounding_box()
-            pos = {"x": box["width"] * 0.6, "y": 8 + 14 * 3.5}  # row 3 (row 0 is "*")
-            heat.hover(position=pos)
-            tip = frame.locator(".heatmap .chart-tooltip").inner_text()
-            layer = tip.splitlines()[0].strip()
-            step = int(tip.splitlines()[1].split()[1].split("–")[0])
-            assert layer == "dense_1/kernel", tip
-            _shot(page, "heatmap", docs)
-            heat.click(position=pos)
-            _appears(frame, "main[data-view=histogram] .histogram canvas", "histogram")
-            _settled(frame)
-            title = frame.text_content(".view-histogram .chart-title")
-            assert f"{layer} · mixed_float16 · step {step}" == title, (title, tip)
-            assert _ink(frame, ".histogram canvas")[0] > 5000
-            assert frame.locator(".zone-table tbody tr").count() == 4
-            _shot(page, "histogram", docs)
-            frame.click("button[title='previous step']")
-            _wait(page, lambda: f"step {step - 1}" in frame.text_content(".view-histogram .chart-title"),
-                  "previous step")
+        # hostile layer name in the histogram view
+        _select(frame, "run", HOSTILE_RUN)
+        _appears(frame, "main[data-view=histogram] .histogram canvas", "hostile histogram")
+        _select(frame, "layer", HOSTILE_LAYER)
+        _wait(page, lambda: HOSTILE_LAYER in frame.text_content(".view-histogram .chart-title"),
+              "hostile layer title")
 
-            # hostile layer name in the histogram view
-            _select(frame, "run", HOSTILE_RUN)
-            _appears(frame, "main[data-view=histogram] .histogram canvas", "hostile histogram")
-            _select(frame, "layer", HOSTILE_LAYER)
-            _wait(page, lambda: HOSTILE_LAYER in frame.text_content(".view-histogram .chart-title"),
-                  "hostile layer title")
+        # (6) compare two runs layer by layer
+        _open_view(frame, "compare")
+        _wait(page, lambda: frame.query_selector_all(".compare-table tbody tr"), "compare rows")
+        assert frame.locator(".compare-table tbody tr").count() == 24
+        assert frame.locator(".pair-bar").count() == 48
+        _shot(page, "compare")
 
-            # (6) compare two runs layer by layer
-            _open_view(frame, "compare")
-            _wait(page, lambda: frame.query_selector_all(".compare-table tbody tr"), "compare rows")
-            assert frame.locator(".compare-table tbody tr").count() == 24
-            assert frame.locator(".pair-bar").count() == 48
-            _shot(page, "compare")
-
-            # nothing injected ran, nothing was blocked, nothing failed
-            for f in page.frames:
-                assert f.evaluate("window.__alerts || []") == [], f.url
-                assert f.evaluate("window.__csp || []") == [], f.url
-                assert f.evaluate("window.__pwned === undefined"), f.url
-        finally:
-            browser.close()
+        # nothing injected ran, nothing was blocked, nothing failed
+        for f in page.frames:
+            assert f.evaluate("window.__alerts || []") == [], f.url
+            assert f.evaluate("window.__csp || []") == [], f.url
+            assert f.evaluate("window.__pwned === undefined"), f.url
     errors = [text for kind, text in console if kind == "error"]
     assert not errors, errors
     assert not page_errors, page_errors

@@ -27,8 +27,6 @@ from tb_gradstats.summary import GradientHealthWriter, GroupData
 from tests.test_browser import (
     ARTIFACTS,
     CHROMIUM,
-    INIT_SCRIPT,
-    LAUNCH_ARGS,
     WHAT_IF,
     _appears,
     _ink,
@@ -39,6 +37,7 @@ from tests.test_browser import (
     _shot,
     _wait,
     _write_run,
+    gradient_health_tab,
     tensorboard_server,
 )
 
@@ -270,216 +269,195 @@ def _toggle(frame, label, on):
 
 
 def test_nan_storm_never_reaches_axes_or_layout(storm_url):
-    from playwright.sync_api import sync_playwright
+    dom_problems = []
+    with gradient_health_tab(storm_url, INSTRUMENT) as (page, frame, console, page_errors):
+        # the hooks are live in the plugin iframe: a canary is recorded, then forgotten
+        assert frame.evaluate("window.__nf.hooks") > 30  # canvas API, style, sizes, slider
+        canary = frame.evaluate("""() => {
+          const n = window.__nf.bad.length;
+          document.createElement('canvas').getContext('2d').lineTo(NaN, 0);
+          document.createElement('div').style.width = 'NaN%';
+          return window.__nf.bad.splice(n);
+        }""")
+        assert len(canary) == 2, canary
 
-    console, page_errors, dom_problems = [], [], []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 800})
-            page.add_init_script(INIT_SCRIPT)
-            page.add_init_script(INSTRUMENT)
-            page.on("console", lambda m: console.append((m.type, m.text)))
-            page.on("pageerror", lambda e: page_errors.append(str(e)))
-            page.goto(storm_url + "/#gradient_health")
+        def scan(what):
+            for f in page.frames:
+                dom_problems.extend(f"{what}: {x}" for x in f.evaluate(DOM_SCAN))
 
-            def plugin_frame():
-                for f in page.frames:
-                    if "plugin_entry" in f.url and f.query_selector(".gh-root"):
-                        return f
-                return None
+        # (1) overview: the storm card shows its skipped steps and non-finite norms
+        _wait(page, lambda: len(frame.query_selector_all(".run-card")) == 2, "2 run cards")
+        card = frame.locator(f".run-card[data-run={STORM}]")
+        meta = card.locator(".card-meta").text_content()
+        assert f"steps 0–{STEPS - 1} ({STEPS} logged)" in meta, meta
+        assert f"{STEPS} skipped steps" in meta, meta
+        norm_row = card.locator(".spark-row", has_text="global norm").text_content()
+        assert f"{STEPS} non-finite" in norm_row, norm_row
+        errors_chip = card.locator(".chip-error").text_content()
+        assert int(errors_chip.split()[0]) >= len(LAYERS), errors_chip
+        # the loss scale sparkline (2^15 … 2^-84 on a log axis) is drawn
+        assert _ink(frame, f".run-card[data-run={STORM}] canvas.sparkline")[0] > 20
+        scan("overview")
+        _shot(page, "storm_overview")
 
-            frame = _wait(page, plugin_frame, "the plugin iframe", timeout=45)
+        # (2) alerts: a non_finite error for every storm layer; a row opens its evidence
+        _open_view(frame, "alerts")
+        _wait(page, lambda: frame.query_selector_all(".alerts-table tbody tr"), "alert rows")
+        flagged = set()
+        for row in frame.query_selector_all(".alerts-table tbody tr"):
+            cells = [c.text_content() for c in row.query_selector_all("td")]
+            if cells[1] == STORM and cells[3] == "non_finite":
+                assert cells[0] == "error", cells
+                assert cells[4] == f"0–{STEPS - 1}", cells
+                flagged.add(cells[2])
+        assert flagged == set(LAYERS), flagged
+        assert frame.locator(".alerts-table tbody tr", has_text="skipped_steps").filter(
+            has_text=STORM).count() == 1
+        scan("alerts")
+        _shot(page, "storm_alerts")
+        frame.locator(".alerts-table tbody tr", has_text="non_finite").filter(
+            has_text=STORM).first.click()
+        _appears(frame, "main[data-view=series] .line-chart canvas", "evidence chart")
+        _settled(frame)
+        assert _ink(frame, ".line-chart canvas")[0] > 500
+        scan("alert evidence")
 
-            # the hooks are live in the plugin iframe: a canary is recorded, then forgotten
-            assert frame.evaluate("window.__nf.hooks") > 30  # canvas API, style, sizes, slider
-            canary = frame.evaluate("""() => {
-              const n = window.__nf.bad.length;
-              document.createElement('canvas').getContext('2d').lineTo(NaN, 0);
-              document.createElement('div').style.width = 'NaN%';
-              return window.__nf.bad.splice(n);
-            }""")
-            assert len(canary) == 2, canary
-
-            def scan(what):
-                for f in page.frames:
-                    dom_problems.extend(f"{what}: {x}" for x in f.evaluate(DOM_SCAN))
-
-            # (1) overview: the storm card shows its skipped steps and non-finite norms
-            _wait(page, lambda: len(frame.query_selector_all(".run-card")) == 2, "2 run cards")
-            card = frame.locator(f".run-card[data-run={STORM}]")
-            meta = card.locator(".card-meta").text_content()
-            assert f"steps 0–{STEPS - 1} ({STEPS} logged)" in meta, meta
-            assert f"{STEPS} skipped steps" in meta, meta
-            norm_row = card.locator(".spark-row", has_text="global norm").text_content()
-            assert f"{STEPS} non-finite" in norm_row, norm_row
-            errors_chip = card.locator(".chip-error").text_content()
-            assert int(errors_chip.split()[0]) >= len(LAYERS), errors_chip
-            # the loss scale sparkline (2^15 … 2^-84 on a log axis) is drawn
-            assert _ink(frame, f".run-card[data-run={STORM}] canvas.sparkline")[0] > 20
-            scan("overview")
-            _shot(page, "storm_overview")
-
-            # (2) alerts: a non_finite error for every storm layer; a row opens its evidence
-            _open_view(frame, "alerts")
-            _wait(page, lambda: frame.query_selector_all(".alerts-table tbody tr"), "alert rows")
-            flagged = set()
-            for row in frame.query_selector_all(".alerts-table tbody tr"):
-                cells = [c.text_content() for c in row.query_selector_all("td")]
-                if cells[1] == STORM and cells[3] == "non_finite":
-                    assert cells[0] == "error", cells
-                    assert cells[4] == f"0–{STEPS - 1}", cells
-                    flagged.add(cells[2])
-            assert flagged == set(LAYERS), flagged
-            assert frame.locator(".alerts-table tbody tr", has_text="skipped_steps").filter(
-                has_text=STORM).count() == 1
-            scan("alerts")
-            _shot(page, "storm_alerts")
-            frame.locator(".alerts-table tbody tr", has_text="non_finite").filter(
-                has_text=STORM).first.click()
-            _appears(frame, "main[data-view=series] .line-chart canvas", "evidence chart")
+        # (3) time series: all-NaN next to healthy, log and linear y; tiny loss scales
+        _open_view(frame, "series")
+        for run in (STORM, HEALTHY):
+            frame.locator(".run-check", has_text=run).locator("input").check()
             _settled(frame)
-            assert _ink(frame, ".line-chart canvas")[0] > 500
-            scan("alert evidence")
-
-            # (3) time series: all-NaN next to healthy, log and linear y; tiny loss scales
-            _open_view(frame, "series")
-            for run in (STORM, HEALTHY):
-                frame.locator(".run-check", has_text=run).locator("input").check()
-                _settled(frame)
-            for metric, layer in (("l2_norm", "dense_0/kernel"), ("mean", "dense_1/bias"),
-                                  ("update_ratio", "*"), ("zero_fraction", "dense_2/kernel")):
-                _select(frame, "metric", metric)
-                _settled(frame)
-                if layer == "*":
-                    _select(frame, "group", GROUP)
-                    _settled(frame)
-                _select(frame, "layer", layer)
-                _settled(frame)
-                for log_y in (True, False):
-                    _toggle(frame, "log y", log_y)
-                    _settled(frame)
-                    _wait(page, lambda: frame.query_selector(".line-chart canvas"), f"{metric} chart")
-                    box = frame.locator(".line-chart canvas").bounding_box()
-                    for fx in (0.1, 0.5, 0.95):
-                        frame.locator(".line-chart canvas").hover(
-                            position={"x": box["width"] * fx, "y": box["height"] / 2})
-                    assert "step" in frame.text_content(".chart-tooltip")
-                    scan(f"series {metric} {layer} log={log_y}")
-            # only the storm run: no finite y at all, on a log and a linear axis
-            frame.locator(".run-check", has_text=HEALTHY).locator("input").uncheck()
+        for metric, layer in (("l2_norm", "dense_0/kernel"), ("mean", "dense_1/bias"),
+                              ("update_ratio", "*"), ("zero_fraction", "dense_2/kernel")):
+            _select(frame, "metric", metric)
             _settled(frame)
-            _select(frame, "metric", "l2_norm")
+            if layer == "*":
+                _select(frame, "group", GROUP)
+                _settled(frame)
+            _select(frame, "layer", layer)
             _settled(frame)
             for log_y in (True, False):
                 _toggle(frame, "log y", log_y)
                 _settled(frame)
-                legend = frame.text_content(".line-chart .legend")
-                assert f"({STEPS} non-finite)" in legend, legend
-                scan(f"series storm-only log={log_y}")
-            _shot(page, "storm_series_nan")
-            for metric in ("step/loss_scale", "step/skipped_step"):
-                _select(frame, "metric", metric)
-                _settled(frame)
-                _toggle(frame, "log y", True)
-                _settled(frame)
-                assert _ink(frame, ".line-chart canvas")[0] > 300
-                scan(f"series {metric}")
-                if metric == "step/loss_scale":
-                    _shot(page, "storm_series_loss_scale")
-
-            # (4) heatmap of the storm run: all NaN, all 0 (log and linear), counts
-            _open_view(frame, "heatmap")
-            _select(frame, "run", STORM)
+                _wait(page, lambda: frame.query_selector(".line-chart canvas"), f"{metric} chart")
+                box = frame.locator(".line-chart canvas").bounding_box()
+                for fx in (0.1, 0.5, 0.95):
+                    frame.locator(".line-chart canvas").hover(
+                        position={"x": box["width"] * fx, "y": box["height"] / 2})
+                assert "step" in frame.text_content(".chart-tooltip")
+                scan(f"series {metric} {layer} log={log_y}")
+        # only the storm run: no finite y at all, on a log and a linear axis
+        frame.locator(".run-check", has_text=HEALTHY).locator("input").uncheck()
+        _settled(frame)
+        _select(frame, "metric", "l2_norm")
+        _settled(frame)
+        for log_y in (True, False):
+            _toggle(frame, "log y", log_y)
             _settled(frame)
-            for metric in ("l2_norm", "zero_fraction", "nan_count", "inf_count"):
-                _select(frame, "metric", metric)
-                _settled(frame)
-                for log in (True, False):
-                    _toggle(frame, "log colour", log)
-                    _settled(frame)
-                    heat = _appears(frame, ".heatmap canvas.chart-canvas", f"heatmap {metric}")
-                    assert _ink(frame, ".heatmap canvas.chart-canvas")[0] > 1000
-                    box = heat.bounding_box()
-                    frame.locator(".heatmap canvas.chart-canvas").hover(
-                        position={"x": box["width"] * 0.7, "y": 8 + 14 * 2.5})
-                    scan(f"heatmap {metric} log={log}")
-                    if metric == "l2_norm" and not log:
-                        tip = frame.locator(".heatmap .chart-tooltip").inner_text()
-                        assert "l2_norm = NaN" in tip, tip
-                        _shot(page, "storm_heatmap")
-
-            # (5) histogram: all-zero counts (no finite value to bin) -> the empty message, not
-            # an empty chart; step through with the buttons and the slider
-            _open_view(frame, "histogram")
-            _select(frame, "run", STORM)
+            legend = frame.text_content(".line-chart .legend")
+            assert f"({STEPS} non-finite)" in legend, legend
+            scan(f"series storm-only log={log_y}")
+        _shot(page, "storm_series_nan")
+        for metric in ("step/loss_scale", "step/skipped_step"):
+            _select(frame, "metric", metric)
             _settled(frame)
-            _select(frame, "layer", "dense_0/kernel")
+            _toggle(frame, "log y", True)
             _settled(frame)
-            title = lambda: frame.text_content(".view-histogram .chart-title") or ""  # noqa: E731
-            empty = "No nonzero finite values at this step."
+            assert _ink(frame, ".line-chart canvas")[0] > 300
+            scan(f"series {metric}")
+            if metric == "step/loss_scale":
+                _shot(page, "storm_series_loss_scale")
 
-            def shows_empty(step):
-                _wait(page, lambda: title().endswith(f"step {step}"), f"histogram of step {step}")
-                _settled(frame)
-                assert frame.text_content(".view-histogram .message-empty") == empty
-                assert not frame.query_selector(".view-histogram .histogram canvas")
-                chips = frame.text_content(".view-histogram .chips")
-                assert "values 64" in chips and "NaN" in chips and "Inf" in chips, chips
-                scan(f"histogram step {step}")
-
-            shows_empty(STEPS - 1)
+        # (4) heatmap of the storm run: all NaN, all 0 (log and linear), counts
+        _open_view(frame, "heatmap")
+        _select(frame, "run", STORM)
+        _settled(frame)
+        for metric in ("l2_norm", "zero_fraction", "nan_count", "inf_count"):
+            _select(frame, "metric", metric)
+            _settled(frame)
             for log in (True, False):
-                _toggle(frame, "log counts", log)
-                shows_empty(STEPS - 1)
-            for k in range(1, 4):  # odd steps: 64 empty bins; even steps: one empty bin at 2^0
-                frame.click("button[title='previous step']")
-                shows_empty(STEPS - 1 - k)
-            frame.click("button[title='next step']")
-            shows_empty(STEPS - 3)
-            frame.evaluate("""() => {
-              const s = document.querySelector('input.step-slider');
-              s.value = '0'; s.dispatchEvent(new Event('input')); s.dispatchEvent(new Event('change'));
-            }""")
-            shows_empty(0)
-            assert "(1 of 100 with a histogram)" in frame.text_content(".step-label")
-            _shot(page, "storm_histogram")
-            _select(frame, "layer", "*")
-            _wait(page, lambda: title().startswith(f"group {GROUP}"), "group histogram")
+                _toggle(frame, "log colour", log)
+                _settled(frame)
+                heat = _appears(frame, ".heatmap canvas.chart-canvas", f"heatmap {metric}")
+                assert _ink(frame, ".heatmap canvas.chart-canvas")[0] > 1000
+                box = heat.bounding_box()
+                frame.locator(".heatmap canvas.chart-canvas").hover(
+                    position={"x": box["width"] * 0.7, "y": 8 + 14 * 2.5})
+                scan(f"heatmap {metric} log={log}")
+                if metric == "l2_norm" and not log:
+                    tip = frame.locator(".heatmap .chart-tooltip").inner_text()
+                    assert "l2_norm = NaN" in tip, tip
+                    _shot(page, "storm_heatmap")
+
+        # (5) histogram: all-zero counts (no finite value to bin) -> the empty message, not
+        # an empty chart; step through with the buttons and the slider
+        _open_view(frame, "histogram")
+        _select(frame, "run", STORM)
+        _settled(frame)
+        _select(frame, "layer", "dense_0/kernel")
+        _settled(frame)
+        title = lambda: frame.text_content(".view-histogram .chart-title") or ""  # noqa: E731
+        empty = "No nonzero finite values at this step."
+
+        def shows_empty(step):
+            _wait(page, lambda: title().endswith(f"step {step}"), f"histogram of step {step}")
             _settled(frame)
             assert frame.text_content(".view-histogram .message-empty") == empty
-            scan("histogram group")
+            assert not frame.query_selector(".view-histogram .histogram canvas")
+            chips = frame.text_content(".view-histogram .chips")
+            assert "values 64" in chips and "NaN" in chips and "Inf" in chips, chips
+            scan(f"histogram step {step}")
 
-            # (6) compare storm vs healthy, log and linear bars, sorted by ratio
-            _open_view(frame, "compare")
-            _select(frame, "run A", STORM)
+        shows_empty(STEPS - 1)
+        for log in (True, False):
+            _toggle(frame, "log counts", log)
+            shows_empty(STEPS - 1)
+        for k in range(1, 4):  # odd steps: 64 empty bins; even steps: one empty bin at 2^0
+            frame.click("button[title='previous step']")
+            shows_empty(STEPS - 1 - k)
+        frame.click("button[title='next step']")
+        shows_empty(STEPS - 3)
+        frame.evaluate("""() => {
+          const s = document.querySelector('input.step-slider');
+          s.value = '0'; s.dispatchEvent(new Event('input')); s.dispatchEvent(new Event('change'));
+        }""")
+        shows_empty(0)
+        assert "(1 of 100 with a histogram)" in frame.text_content(".step-label")
+        _shot(page, "storm_histogram")
+        _select(frame, "layer", "*")
+        _wait(page, lambda: title().startswith(f"group {GROUP}"), "group histogram")
+        _settled(frame)
+        assert frame.text_content(".view-histogram .message-empty") == empty
+        scan("histogram group")
+
+        # (6) compare storm vs healthy, log and linear bars, sorted by ratio
+        _open_view(frame, "compare")
+        _select(frame, "run A", STORM)
+        _settled(frame)
+        _select(frame, "run B", HEALTHY)
+        _settled(frame)
+        for metric in ("l2_norm", "mean", "zero_fraction", "nan_count"):
+            _select(frame, "metric", metric)
             _settled(frame)
-            _select(frame, "run B", HEALTHY)
-            _settled(frame)
-            for metric in ("l2_norm", "mean", "zero_fraction", "nan_count"):
-                _select(frame, "metric", metric)
+            for log in (True, False):
+                _toggle(frame, "log bars", log)
                 _settled(frame)
-                for log in (True, False):
-                    _toggle(frame, "log bars", log)
-                    _settled(frame)
-                    assert frame.locator(".compare-table tbody tr").count() == len(LAYERS)
-                    scan(f"compare {metric} log={log}")
-            _select(frame, "metric", "l2_norm")
-            _settled(frame)
-            _select(frame, "sort", "ratio")
-            _settled(frame)
-            cells = frame.locator(".compare-table tbody tr").first.locator("td").all_text_contents()
-            assert cells[1] == "NaN" and cells[3] == "NaN", cells
-            scan("compare sorted")
-            _shot(page, "storm_compare")
+                assert frame.locator(".compare-table tbody tr").count() == len(LAYERS)
+                scan(f"compare {metric} log={log}")
+        _select(frame, "metric", "l2_norm")
+        _settled(frame)
+        _select(frame, "sort", "ratio")
+        _settled(frame)
+        cells = frame.locator(".compare-table tbody tr").first.locator("td").all_text_contents()
+        assert cells[1] == "NaN" and cells[3] == "NaN", cells
+        scan("compare sorted")
+        _shot(page, "storm_compare")
 
-            bad_calls = frame.evaluate("window.__nf.bad")
-            texts = frame.evaluate("window.__nf.texts")
-            other_bad = [(f.url, f.evaluate("(window.__nf || {bad: []}).bad"))
-                         for f in page.frames if f != frame]
-            csp = [(f.url, f.evaluate("window.__csp || []")) for f in page.frames]
-        finally:
-            browser.close()
+        bad_calls = frame.evaluate("window.__nf.bad")
+        texts = frame.evaluate("window.__nf.texts")
+        other_bad = [(f.url, f.evaluate("(window.__nf || {bad: []}).bad"))
+                     for f in page.frames if f != frame]
+        csp = [(f.url, f.evaluate("window.__csp || []")) for f in page.frames]
 
     bad_calls = sorted(set(bad_calls))
     assert not bad_calls, "non-finite numbers reached the canvas/style/attributes:\n" + "\n".join(bad_calls)

@@ -22,13 +22,9 @@ import urllib.request
 
 import numpy as np
 import pytest
-from tensorboard.backend import application
-from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
-from tensorboard.plugins import base_plugin
-from werkzeug import test as werkzeug_test
 
-from tb_gradstats import metadata, plugin
-from tests.fixtures import write_synthetic_run
+from tb_gradstats import metadata
+from tests.fixtures import plugin_client, write_synthetic_run
 from tests.test_tensorboard_e2e import _free_port, _tensorboard_binary
 
 PREFIX = "/data/plugin/gradient_health"
@@ -130,15 +126,7 @@ def _check_skipped(skipped, env):
 
 
 def test_plugin_serves_good_data_and_reports_the_rest(logdir):
-    mux = plugin_event_multiplexer.EventMultiplexer(
-        tensor_size_guidance={metadata.PLUGIN_NAME: 0})
-    mux.AddRunsFromDirectory(logdir["dir"])
-    mux.Reload()
-    ctx = base_plugin.TBContext(
-        logdir=logdir["dir"],
-        data_provider=data_provider.MultiplexerDataProvider(mux, logdir["dir"]))
-    client = werkzeug_test.Client(application.TensorBoardWSGI(
-        [plugin.GradientHealthLoader().load(ctx)]))
+    client, _ = plugin_client(logdir["dir"])
 
     def get_json(url):
         resp = client.get(PREFIX + url)

@@ -14,13 +14,9 @@ import random
 import time
 
 import pytest
-from tensorboard.backend import application
-from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
-from tensorboard.plugins import base_plugin
-from werkzeug import test as werkzeug_test
 
-from tb_gradstats import metadata, plugin
-from tests.fixtures import write_synthetic_run
+from tb_gradstats import plugin
+from tests.fixtures import plugin_client, write_synthetic_run
 
 PREFIX = "/data/plugin/gradient_health"
 PER_ROUTE = 1000
@@ -109,14 +105,7 @@ def client(tmp_path_factory):
     write_synthetic_run(logdir, "b", steps=range(0, 120, 4),
                         groups={"float32": ("dense/kernel", "other/kernel")})
     write_synthetic_run(logdir, "empty_steps", steps=[], groups={"float32": ("x",)})
-    mux = plugin_event_multiplexer.EventMultiplexer(
-        tensor_size_guidance={metadata.PLUGIN_NAME: 0})
-    mux.AddRunsFromDirectory(str(logdir))
-    mux.Reload()
-    ctx = base_plugin.TBContext(logdir=str(logdir),
-                                data_provider=data_provider.MultiplexerDataProvider(mux, logdir))
-    p = plugin.GradientHealthLoader().load(ctx)
-    return werkzeug_test.Client(application.TensorBoardWSGI([p]))
+    return plugin_client(logdir)[0]
 
 
 def _check(resp, what) -> int:

@@ -10,13 +10,9 @@ import sys
 
 import numpy as np
 import pytest
-from tensorboard.backend import application
-from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
-from tensorboard.plugins import base_plugin
-from werkzeug import test as werkzeug_test
 
 from tb_gradstats import metadata, plugin
-from tests.fixtures import write_synthetic_run
+from tests.fixtures import plugin_client, write_synthetic_run
 
 PREFIX = "/data/plugin/gradient_health"
 LAYERS = {"float32": ("dense/kernel", "dense/bias"), "float32@float16": ("out/kernel",)}
@@ -47,14 +43,7 @@ def env(tmp_path_factory):
     # A tag from a future schema: must be skipped and reported, not raised.
     future = os.path.join(logdir, "future")
     _write_future_tag(future)
-    mux = plugin_event_multiplexer.EventMultiplexer(
-        tensor_size_guidance={metadata.PLUGIN_NAME: 0})
-    mux.AddRunsFromDirectory(str(logdir))
-    mux.Reload()
-    ctx = base_plugin.TBContext(logdir=str(logdir),
-                                data_provider=data_provider.MultiplexerDataProvider(mux, logdir))
-    p = plugin.GradientHealthLoader().load(ctx)
-    client = werkzeug_test.Client(application.TensorBoardWSGI([p]))
+    client, p = plugin_client(logdir)
     return {"client": client, "a": a, "b": b, "plugin": p}
 
 
