@@ -13,6 +13,7 @@ import itertools
 import logging
 import os
 import socket
+import sys
 import time
 from collections.abc import Mapping, Sequence
 
@@ -53,11 +54,14 @@ _file_counter = itertools.count()
 
 
 class EventFile:
-    """One append-only event file, written synchronously with plain Python I/O.
+    """One append-only event file, written synchronously.
 
     TensorBoard's own `EventFileWriter` writes from a background thread, whose
     I/O errors surface as a thread traceback on the user's console; here an
-    error reaches the caller of `add_event`, which decides what to say.
+    error reaches the caller of `add_event`, which decides what to say. Event
+    files are TFRecord files: inside a TensorFlow process TF's C++ record writer
+    frames them (TensorBoard's pure-Python CRC costs ~0.2 ms per logged step);
+    without TensorFlow, plain Python I/O does.
 
     Args:
         logdir: an existing directory.
@@ -71,13 +75,18 @@ class EventFile:
             f"{os.getpid()}.{next(_file_counter):06d}{filename_suffix}"
         )
         self.path = os.path.join(logdir, name)
-        self._file = open(self.path, "ab")  # noqa: SIM115 - lives as long as the writer
-        self._records = RecordWriter(self._file)
+        tf = sys.modules.get("tensorflow")
+        if tf is not None and hasattr(tf, "io"):
+            self._file = tf.io.TFRecordWriter(self.path)
+            self._write = self._file.write
+        else:
+            self._file = open(self.path, "ab")  # noqa: SIM115 - lives as long as the writer
+            self._write = RecordWriter(self._file).write
         self.add_event(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
 
     def add_event(self, event: event_pb2.Event) -> None:
         """Appends one event and flushes it, so readers see whole records only."""
-        self._records.write(event.SerializeToString())
+        self._write(event.SerializeToString())
         self._file.flush()
 
     def flush(self) -> None:
