@@ -31,7 +31,7 @@ demo: install
 	$(PY) demo/run_demo.py $(DEMO_ARGS)
 
 bench: install
-	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info runs bench-out test-artifacts
