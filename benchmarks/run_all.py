@@ -112,7 +112,8 @@ def write_readme(body: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="short runs for development")
+    parser.add_argument("--quick", action="store_true",
+                        help="short runs for development (printed only; README untouched)")
     parser.add_argument("--reps", type=int, default=None, help="overhead repetitions")
     parser.add_argument("--only", nargs="+", choices=BENCHMARKS, default=list(BENCHMARKS))
     parser.add_argument("--no-readme", action="store_true", help="print only")
@@ -128,14 +129,15 @@ def main(argv: list[str] | None = None) -> int:
         if name in args.only:
             print(f"\n=== {name} ===", flush=True)
             section = runners[name]() + f"\n\n_Measured {common.machine_facts(False)['date']}._"
-            save_section(name, section)
+            if not args.quick:
+                save_section(name, section)
             sections.append(section)
         elif (saved := load_section(name)) is not None:
             sections.append(saved)  # an earlier run's numbers, with their date
     body = "\n\n".join(sections)
     body += f"\n\n_This run took {time.perf_counter() - start:.0f} s._"
     print("\n" + body)
-    if not args.no_readme:
+    if not (args.no_readme or args.quick):
         write_readme(body)
         print(f"\nwrote {README}")
     return 0
