@@ -238,6 +238,8 @@ def time_browser(base: str, n_runs: int, timeout_s: float = 60.0) -> dict:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
+            responses: list = []
+            page.on("response", lambda r: responses.append(r) if PLUGIN in r.url else None)
             start = time.perf_counter()
             page.goto(f"{base}/#gradient_health", wait_until="commit")
             frame = _plugin_frame(page, timeout_s)
@@ -247,6 +249,8 @@ def time_browser(base: str, n_runs: int, timeout_s: float = 60.0) -> dict:
             iframe_ms = frame.evaluate(_PAINTED)
             overview_wall = time.perf_counter() - start
             page_ms = page.evaluate("performance.now()")
+            overview_bytes = _payload(responses)
+            responses.clear()
             click = time.perf_counter()
             frame.click("button[data-view=heatmap]")
             frame.wait_for_function(
@@ -254,12 +258,26 @@ def time_browser(base: str, n_runs: int, timeout_s: float = 60.0) -> dict:
                 " && !document.querySelector('main .loading')", timeout=timeout_s * 1e3)
             frame.evaluate(_PAINTED)
             heatmap = time.perf_counter() - click
+            heatmap_bytes = _payload(responses)
             shot = os.path.join(common.ensure_out("scale"), "heatmap.png")
             page.screenshot(path=shot)
         finally:
             browser.close()
     return dict(overview_wall=overview_wall, overview_page=page_ms / 1e3,
-                overview_iframe=iframe_ms / 1e3, heatmap_click=heatmap, screenshot=shot)
+                overview_iframe=iframe_ms / 1e3, heatmap_click=heatmap, screenshot=shot,
+                overview_bytes=overview_bytes, heatmap_bytes=heatmap_bytes)
+
+
+def _payload(responses: list) -> tuple[int, int, int]:
+    """Returns `(requests, decoded bytes, bytes on the wire)` of the plugin's responses."""
+    decoded = wire = 0
+    for r in responses:
+        try:
+            decoded += len(r.body())
+        except Exception:  # noqa: BLE001 - e.g. a redirect has no body
+            pass
+        wire += int(r.headers.get("content-length", 0) or 0)
+    return len(responses), decoded, wire
 
 
 # --- report -------------------------------------------------------------------
@@ -317,6 +335,13 @@ def tables(result: dict) -> str:
               _yes(b["overview_wall"])],
              ["heatmap painted after clicking its tab", f"{b['heatmap_click']:.2f}",
               _yes(b["heatmap_click"])]])]
+        lines += ["", common.markdown_table(
+            ["view as the tab loads it", "plugin requests", "decoded (JSON, JS, CSS)", "on the wire",
+             "< 1 MB"],
+            [[name, n, common.human_bytes(dec), common.human_bytes(wire),
+              "yes" if max(dec, wire) < TARGET_PAYLOAD else "**no**"]
+             for name, (n, dec, wire) in (("overview (first load)", b["overview_bytes"]),
+                                          ("heatmap (after the click)", b["heatmap_bytes"]))])]
     elif b:
         lines += ["", f"Browser timing failed: {b['error']}"]
     return "\n".join(lines)
