@@ -136,10 +136,9 @@ class GradientCapture:
                 tf.fill([k], tf.constant(-1, tf.int64)), name="gh_slot_step", **_ON_READ
             )
             self._slot_vals = tf.Variable(tf.zeros([k, 2], tf.float32), name="gh_slot_vals", **_ON_READ)
-            # Pre-update weights of a logged step, flattened to float32 (exact for every
-            # float dtype Keras trains in), for update_ratio; written only on logged steps.
-            size = sum(int(np.prod(r.variable.shape)) for r in self.rows)
-            self._snapshot = tf.Variable(tf.zeros([size], tf.float32), name="gh_snapshot", **_ON_READ)
+            # Pre-update weights of a logged step, in float32 (exact for every float dtype
+            # Keras trains in), for update_ratio; written only on logged steps.
+            self._weights = _WeightSnapshot([r.variable for r in self.rows])
 
     @property
     def step(self) -> int:
@@ -223,12 +222,9 @@ class GradientCapture:
         return by_row
 
     def _record_before(self, by_row, step, scale):
-        boundaries = tf.constant(self._boundaries, tf.int32)
         grads = [g.values if isinstance(g, tf.IndexedSlices) else g for g in by_row]
-        ints, moments = stats.records(grads, boundaries, scale)
-        weights, seg = stats.flatten([_value(r.variable) for r in self.rows])
-        self._snapshot.assign(weights)
-        weight_sq = stats.sum_sq_by_segment(weights, seg, len(self.rows))
+        ints, moments = stats.records(grads, self._boundaries, scale)
+        weight_sq = self._weights.take()
         slot = self._logged.read_value() % self.config.slots
         _assign_slot(self._ints, slot, ints)
         _assign_slot(self._slot_step, slot, step)
@@ -236,8 +232,7 @@ class GradientCapture:
         return tf.concat([moments, tf.stack([update_placeholder, weight_sq], 1)], 1)
 
     def _record_after(self, pre, iterations_before, scale):
-        weights, seg = stats.flatten([_value(r.variable) for r in self.rows])
-        update_sq = stats.sum_sq_by_segment(weights - self._snapshot, seg, len(self.rows))
+        update_sq = self._weights.update_sq()
         floats = tf.concat([pre[:, :2], update_sq[:, None], pre[:, 3:]], 1)
         slot = self._logged.read_value() % self.config.slots
         _assign_slot(self._floats, slot, floats)
@@ -333,6 +328,50 @@ class GradientCapture:
 
     def _row_kind(self, m: int) -> str:
         return self._kinds.get(m, metadata.ROW_DENSE)
+
+
+class _WeightSnapshot:
+    """Float32 copies of the weights before a logged update, and the update norms.
+
+    Large variables get their own copy and reductions; small ones share one flat
+    copy with segment ids (see `stats.LARGE`), so the graph stays small for
+    many-variable models and fast for big ones. Create under the strategy's scope.
+
+    Args:
+        variables: the monitored variables, in row order.
+    """
+
+    def __init__(self, variables: Sequence):
+        self._vars = list(variables)
+        self._large = [i for i, v in enumerate(self._vars) if stats.is_large(_value(v))]
+        self._small = [i for i in range(len(self._vars)) if i not in set(self._large)]
+        self._back = np.argsort(self._small + self._large)
+        size = sum(int(np.prod(self._vars[i].shape)) for i in self._small)
+        self._flat = tf.Variable(tf.zeros([size], tf.float32), name="gh_snapshot", **_ON_READ)
+        self._copies = [
+            tf.Variable(tf.zeros(self._vars[i].shape, tf.float32), name="gh_snapshot", **_ON_READ)
+            for i in self._large
+        ]
+
+    def take(self) -> tf.Tensor:
+        """Copies the current weights; returns `[V]` float64 sums of their squares."""
+        flat, seg = stats.flatten([_value(self._vars[i]) for i in self._small])
+        self._flat.assign(flat)
+        sums = [stats.sum_sq_by_segment(flat, seg, len(self._small))]
+        for i, copy in zip(self._large, self._copies):
+            w = tf.cast(_value(self._vars[i]), tf.float32)
+            copy.assign(w)
+            sums.append(stats.sum_sq_by_segment(w, None, 1))
+        return tf.gather(tf.concat(sums, 0), self._back)
+
+    def update_sq(self) -> tf.Tensor:
+        """Returns `[V]` float64 squared norms of (current weights - copy)."""
+        flat, seg = stats.flatten([_value(self._vars[i]) for i in self._small])
+        sums = [stats.sum_sq_by_segment(flat - self._flat, seg, len(self._small))]
+        for i, copy in zip(self._large, self._copies):
+            delta = tf.cast(_value(self._vars[i]), tf.float32) - copy
+            sums.append(stats.sum_sq_by_segment(delta, None, 1))
+        return tf.gather(tf.concat(sums, 0), self._back)
 
 
 def _group_members(rows: Sequence[_Row]) -> dict[str, list[int]]:

@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 
 import tb_gradstats
+from tb_gradstats import stats
 from tests.oracle import expected_metrics, read_events, special_values
 
 EXACT = {"count", "zero_count", "nan_count", "inf_count", "min", "max", "abs_max",
@@ -20,9 +21,13 @@ EXACT = {"count", "zero_count", "nan_count", "inf_count", "min", "max", "abs_max
 
 
 def moment_values() -> np.ndarray:
-    """Well-conditioned values (mean >> std) with zeros, NaN, Inf and a subnormal mixed in."""
+    """Well-conditioned values (mean >> std) with zeros, NaN, Inf and a subnormal mixed in.
+
+    Larger than `stats.LARGE`, so this tensor takes the per-tensor path while the
+    special values take the flattened, segmented one.
+    """
     rng = np.random.default_rng(1)
-    v = 1000.0 + rng.normal(0, 1e-2, 300)
+    v = 1000.0 + rng.normal(0, 1e-2, stats.LARGE + 300)
     return np.concatenate([v, [0.0, np.nan, np.inf, 2.0**-140]]).astype(np.float32)
 
 
