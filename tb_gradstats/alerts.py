@@ -38,21 +38,26 @@ class Thresholds:
         window: logged steps at each end of the run that trend rules compare
             (medians of the first and the last `window` steps).
         min_trend_steps: runs with fewer logged steps get no trend alerts.
-        vanishing_decades: `l2_norm` falling by at least 10**this (late vs early)
-            is a vanishing gradient.
+        vanishing_decades: a layer's `l2_norm` falling by at least 10**this more
+            than its group's other layers (late vs early, relative to the geometric
+            median of their ratios; absolute for a group of one) is a vanishing gradient. Relative, because
+            every gradient shrinks as a run converges; a layer that shrinks far
+            faster than its peers is the one that stops learning.
         exploding_decades: `l2_norm` growing by at least 10**this is an exploding gradient.
         vanishing_zero_fraction: late median `zero_fraction` at or above this...
         vanishing_zero_start: ...while the early median was below this is "zeros rising".
         underflow_fraction: `underflow_fraction/D` above this, for the run's
-            low-precision dtype `D`, is a range risk (warning). At loss-scaled
-            steps (step `loss_scale > 1`) the rule compares `scaled_zero_fraction`
-            instead: `underflow_fraction/D` describes the *unscaled* gradient,
-            whose small values never existed in `D` (the backward pass held them
-            multiplied by the scale), so it overstates the risk; the zeros of the
-            scaled gradient are what really underflowed.
+            low-precision dtype `D`, is a range risk (warning). Loss-scaled steps
+            (step `loss_scale > 1`) are not judged: `underflow_fraction/D` describes
+            the *unscaled* gradient, whose small values never existed in `D` (the
+            backward pass held them multiplied by the scale), and the zeros of the
+            scaled gradient mix true zeros (ReLU) with flushed ones, so neither
+            measures the risk; a failing loss scale shows as skipped steps and a
+            collapsing scale instead.
         overflow_fraction: `overflow_fraction/D` above this is a range risk (error).
         dead_min_steps: `zero_fraction == 1` for at least this many consecutive
-            logged steps is a dead layer.
+            logged steps is a dead layer; `update_ratio == 0` with a nonzero
+            gradient for as many steps is a stalled update.
         skipped_steps_min: at least this many skipped (loss-scale) steps warns.
         loss_scale_floor: a loss scale that falls to this or below after having
             been above it has collapsed.
@@ -164,7 +169,8 @@ def _column(group: GroupData, name: str) -> np.ndarray | None:
 
 
 _EVIDENCE = {"non_finite": "nan_count", "vanishing": "l2_norm", "exploding": "l2_norm",
-             "dead_layer": "zero_fraction", "loss_scale_collapse": "loss_scale",
+             "dead_layer": "zero_fraction", "stalled_update": "update_ratio",
+             "loss_scale_collapse": "loss_scale",
              "skipped_steps": "skipped_step", "nonfinite_applied": "nonfinite_applied"}
 
 
@@ -223,17 +229,23 @@ def norm_trend(data: RunData, th: Thresholds) -> list[Alert]:
         norm = _column(group, "l2_norm")
         if norm is None or len(group.steps) < th.min_trend_steps:
             continue
+        ratios = {}
         for r, layer in _layers(group):
             early, late = _ends(norm[:, r], th.window)
-            if not early > 0:
-                continue
-            ratio = late / early
-            if ratio <= 10.0 ** -th.vanishing_decades:
+            if early > 0 and late >= 0:
+                ratios[layer] = late / early
+        for layer, ratio in ratios.items():
+            # Against the other layers of the group: with none, the absolute trend.
+            others = [v for k, v in ratios.items() if k != layer]
+            typical = _geometric_median(others) if others else 1.0
+            relative = ratio / typical if typical > 0 else np.inf
+            if relative <= 10.0 ** -th.vanishing_decades:
                 out.append(_alert(
-                    "warning", "vanishing", data, group.group, layer, group.steps, ratio,
+                    "warning", "vanishing", data, group.group, layer, group.steps, relative,
                     10.0 ** -th.vanishing_decades,
-                    f"{layer}: gradient L2 norm fell {early / max(late, 1e-300):.3g}x "
-                    "from the first to the last logged steps (vanishing gradient).",
+                    f"{layer}: gradient L2 norm fell {1 / max(ratio, 1e-300):.3g}x from the first "
+                    f"to the last logged steps, {1 / max(relative, 1e-300):.3g}x more than the "
+                    "group's other layers (vanishing gradient).",
                 ))
             elif ratio >= 10.0 ** th.exploding_decades:
                 out.append(_alert(
@@ -241,6 +253,37 @@ def norm_trend(data: RunData, th: Thresholds) -> list[Alert]:
                     10.0 ** th.exploding_decades,
                     f"{layer}: gradient L2 norm grew {ratio:.3g}x from the first to the "
                     "last logged steps (exploding gradient).",
+                ))
+    return out
+
+
+def _geometric_median(values: list[float]) -> float:
+    positive = [v for v in values if v > 0]
+    return float(np.exp(np.median(np.log(positive)))) if positive else 0.0
+
+
+def stalled_update(data: RunData, th: Thresholds) -> list[Alert]:
+    """Warning: the gradient is nonzero but the weights do not move (`update_ratio == 0`).
+
+    Low precision does this quietly: e.g. Adam under a pure bfloat16 policy, where
+    `beta_2 = 0.999` rounds to 1.0, or updates below half an ulp of the weights.
+    """
+    out = []
+    for group in data.groups.values():
+        ratio, zeros = _column(group, "update_ratio"), _column(group, "zero_fraction")
+        if ratio is None or zeros is None:
+            continue
+        for r, layer in _layers(group):
+            stalled = (ratio[:, r] == 0) & (zeros[:, r] < 1)
+            start, length = _longest_true_run(stalled)
+            if length >= th.dead_min_steps:
+                steps = group.steps[start:start + length]
+                out.append(_alert(
+                    "warning", "stalled_update", data, group.group, layer, steps, length,
+                    th.dead_min_steps,
+                    f"{layer}: the gradient is nonzero but the weights did not change for "
+                    f"{length} consecutive logged steps from step {steps[0]} (update lost "
+                    "to rounding, e.g. optimizer state or updates below the weights' precision).",
                 ))
     return out
 
@@ -305,8 +348,7 @@ def low_precision_dtype(data: RunData, group: GroupData) -> str | None:
 def range_risk(data: RunData, th: Thresholds) -> list[Alert]:
     """Under/overflow fractions for the run's own low-precision dtype.
 
-    Underflow at loss-scaled steps is judged on `scaled_zero_fraction` (see
-    `Thresholds.underflow_fraction`).
+    Loss-scaled steps are not judged for underflow (see `Thresholds.underflow_fraction`).
     """
     out = []
     for group in data.groups.values():
@@ -318,10 +360,9 @@ def range_risk(data: RunData, th: Thresholds) -> list[Alert]:
             values = _column(group, f"{kind}_fraction/{dtype}")
             if values is None:
                 continue
-            scaled = np.zeros(len(group.steps), bool)
             if kind == "underflow":
-                values, scaled = _underflow_signal(data, group, values)
-            out += _range_alerts(data, group, values, scaled, kind, dtype, limit, sev)
+                values = _underflow_signal(data, group, values)
+            out += _range_alerts(data, group, values, kind, dtype, limit, sev)
     return out
 
 
@@ -334,33 +375,24 @@ def loss_scaled_steps(data: RunData, steps: np.ndarray) -> np.ndarray:
     return (data.step_steps[i] == steps) & (np.nan_to_num(scale[i]) > 1)
 
 
-def _underflow_signal(data, group, values) -> tuple[np.ndarray, np.ndarray]:
-    zeros = _column(group, "scaled_zero_fraction")
+def _underflow_signal(data, group, values) -> np.ndarray:
+    """The what-if underflow fractions, with loss-scaled steps left unjudged (NaN)."""
     scaled = loss_scaled_steps(data, group.steps)
-    if zeros is None or not scaled.any():
-        return values, np.zeros(len(group.steps), bool)
-    return np.where(scaled[:, None], zeros, values), scaled
+    return np.where(scaled[:, None], np.nan, values)
 
 
-def _range_alerts(data, group, values, scaled, kind, dtype, limit, sev) -> list[Alert]:
+def _range_alerts(data, group, values, kind, dtype, limit, sev) -> list[Alert]:
     out = []
     for r, layer in _layers(group):
         col = np.nan_to_num(values[:, r])
         hit = np.flatnonzero(col > limit)
         if not len(hit):
             continue
-        if scaled[hit].all():
-            what = (f"of the loss-scaled gradient values were zero in the {dtype} "
-                    "backward pass (underflow despite loss scaling)")
-        elif scaled[hit].any():
-            what = (f"of the gradient values underflowed in {dtype} (scaled zeros at "
-                    "loss-scaled steps, unscaled what-if elsewhere)")
-        else:
-            what = f"of the gradient values would {kind} in {dtype}"
         out.append(_alert(
             sev, f"{kind}_risk", data, group.group, layer, group.steps[hit], col.max(), limit,
-            f"{layer}: up to {col.max():.3g} {what} ({len(hit)} logged step(s)).",
-            metric=("scaled_zero_fraction" if scaled[hit].all() else f"{kind}_fraction/{dtype}"),
+            f"{layer}: up to {col.max():.3g} of the gradient values would {kind} in {dtype} "
+            f"({len(hit)} logged step(s)).",
+            metric=f"{kind}_fraction/{dtype}",
         ))
     return out
 
@@ -407,14 +439,16 @@ def nonfinite_applied(data: RunData, th: Thresholds) -> list[Alert]:
     hit = np.flatnonzero(np.nan_to_num(data.step_metric("nonfinite_applied")) > 0)
     if not len(hit):
         return []
+    replicas = data.facts.get("replicas") or 1
+    whose = "a replica's gradient" if replicas > 1 else "the gradient"
     return [_alert(
         "error", "nonfinite_applied", data, "_step", "*", data.step_steps[hit], len(hit), 0,
-        f"{len(hit)} logged step(s) applied an update although a replica's gradient held "
+        f"{len(hit)} logged step(s) applied an update although {whose} held "
         f"NaN/Inf (first at step {data.step_steps[hit[0]]}); the weights may be corrupt.",
     )]
 
 
 RULES: tuple[Rule, ...] = (
-    non_finite, norm_trend, zeros_rising, dead_layer, range_risk,
+    non_finite, norm_trend, zeros_rising, dead_layer, stalled_update, range_risk,
     loss_scale_collapse, skipped_steps, nonfinite_applied,
 )

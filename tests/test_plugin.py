@@ -24,6 +24,7 @@ def _stats_with_spike(i, step, group, n_rows, columns):
     out = np.zeros((n_rows, len(columns)))
     out[:, columns.index("count")] = 100
     out[:, columns.index("zero_fraction")] = 0.02
+    out[:, columns.index("update_ratio")] = 1e-3  # healthy: the weights move
     out[:, columns.index("l2_norm")] = 1.0 + step / 1000 + np.arange(n_rows) / 10
     out[:, columns.index("max")] = float(step)
     if step == 50:
