@@ -181,15 +181,14 @@ class GradientCapture:
         )
         step = self._step.read_value()
         logged = self._is_logged(step)
-        scale = None
-        if self._loss_scale_var is not None:
-            scale = tf.identity(self._loss_scale_var.value)
-        iterations = tf.identity(self.optimizer.iterations)
         by_row = self._grads_by_row(grads, variables)
-        pre = tf.cond(
+        # Everything a logged step needs is read inside the branches: an unlogged step
+        # costs one counter read, two untaken conds and one increment.
+        pre, iterations, scale = tf.cond(
             logged,
-            lambda: self._record_before(by_row, step, scale),
-            lambda: tf.zeros([len(self.rows), 4], tf.float64),
+            lambda: self._record_before(by_row, step),
+            lambda: (tf.zeros([len(self.rows), 4], tf.float64), tf.constant(0, tf.int64),
+                     tf.constant(1.0)),
         )
         result = self._original_apply(grads, trainable_variables)
         tf.cond(
@@ -201,10 +200,9 @@ class GradientCapture:
         return result
 
     def _is_logged(self, step):
-        requested = self._request.read_value()
         if self.config.update_freq is None:
-            return requested
-        return tf.logical_or(tf.equal(step % self.config.update_freq, 0), requested)
+            return self._request.read_value()
+        return tf.equal(step % self.config.update_freq, 0)
 
     def _grads_by_row(self, grads, variables) -> list:
         by_row = [None] * len(self.rows)
@@ -221,7 +219,11 @@ class GradientCapture:
                 self._kinds[i] = metadata.ROW_SPARSE
         return by_row
 
-    def _record_before(self, by_row, step, scale):
+    def _record_before(self, by_row, step):
+        scale = None
+        if self._loss_scale_var is not None:
+            scale = tf.identity(self._loss_scale_var.value)
+        iterations = tf.cast(tf.identity(self.optimizer.iterations), tf.int64)
         grads = [g.values if isinstance(g, tf.IndexedSlices) else g for g in by_row]
         ints, moments = stats.records(grads, self._boundaries, scale)
         weight_sq = self._weights.take()
@@ -229,16 +231,16 @@ class GradientCapture:
         _assign_slot(self._ints, slot, ints)
         _assign_slot(self._slot_step, slot, step)
         update_placeholder = tf.zeros_like(weight_sq)
-        return tf.concat([moments, tf.stack([update_placeholder, weight_sq], 1)], 1)
+        pre = tf.concat([moments, tf.stack([update_placeholder, weight_sq], 1)], 1)
+        return pre, iterations, tf.constant(1.0) if scale is None else tf.cast(scale, tf.float32)
 
     def _record_after(self, pre, iterations_before, scale):
         update_sq = self._weights.update_sq()
         floats = tf.concat([pre[:, :2], update_sq[:, None], pre[:, 3:]], 1)
         slot = self._logged.read_value() % self.config.slots
         _assign_slot(self._floats, slot, floats)
-        skipped = tf.equal(tf.identity(self.optimizer.iterations), iterations_before)
-        loss_scale = tf.constant(1.0) if scale is None else tf.cast(scale, tf.float32)
-        _assign_slot(self._slot_vals, slot, tf.stack([loss_scale, tf.cast(skipped, tf.float32)]))
+        skipped = tf.equal(tf.cast(tf.identity(self.optimizer.iterations), tf.int64), iterations_before)
+        _assign_slot(self._slot_vals, slot, tf.stack([scale, tf.cast(skipped, tf.float32)]))
         self._logged.assign_add(1)
         self._request.assign(False)
         return tf.constant(True)
