@@ -161,11 +161,13 @@ def _block(g, seg, n, extra, n_buckets, scale):
     )
 
     # float64 moments: float32 squares overflow for |g| > 1.8e19 (bfloat16 range).
-    n_finite = tf.cast(_count(finite, seg, n), tf.float64)
+    n_finite = _count(finite, seg, n)
     g64 = tf.cast(tf.where(finite, g, 0.0), tf.float64)
-    mean = tf.math.divide_no_nan(_sum(g64, seg, n), n_finite)
+    mean = tf.math.divide_no_nan(_sum(g64, seg, n), tf.cast(n_finite, tf.float64))
     centre = mean if seg is None else tf.gather(mean, seg)
-    m2 = _sum(tf.where(finite, tf.square(g64 - centre), tf.constant(0.0, tf.float64)), seg, n)
+    # Non-finite values were zeroed and each added mean^2: take that back instead of a mask pass.
+    n_masked = tf.cast(_count(tf.ones_like(finite), seg, n) - n_finite, tf.float64)
+    m2 = tf.maximum(_sum(tf.math.squared_difference(g64, centre), seg, n) - n_masked * tf.square(mean), 0.0)
 
     count = _count(tf.ones_like(finite), seg, n)
     head = tf.stack([count] + extrema + [scaled_zero], axis=1)
