@@ -21,6 +21,7 @@ for run in reader.runs():
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import os
 import struct
@@ -40,6 +41,41 @@ logger = logging.getLogger("tb_gradstats")
 # `read_tensors` needs a point count; the reservoir (samples_per_plugin) is the
 # real cap, so ask for everything it kept. 0 would mean "nothing" to providers.
 KEEP_ALL = 1 << 30
+
+# Most bytes of tensor data one `read_tensors` call may return. The Rust data
+# server (`--load_fast=true`, TensorBoard's default) answers in one gRPC message
+# and the client rejects messages over 256 MiB (RESOURCE_EXHAUSTED), so an
+# unbounded read of a wide tag (4 runs x 200 layers x 5000 steps: ~300 MB per
+# stats tag) served nothing at all. The reader reads one tag per call and asks
+# for at most `budget // bytes per step` points, the bytes per step coming from
+# the tag's metadata (rows x columns x 8). Fewer steps than stored are then
+# served, uniformly sampled by the provider (latest step kept); `/runs` says so.
+# Override with the environment variable `TB_GRADSTATS_READ_BUDGET_MB`.
+READ_BUDGET_BYTES = 128 << 20
+READ_BUDGET_ENV = "TB_GRADSTATS_READ_BUDGET_MB"
+# A histogram's width (bins) is not in its metadata: it is probed from the
+# latest step and given this much headroom, up to the widest possible histogram
+# (float32 exponents -149..127 plus the first-exponent column).
+_HIST_WIDTH_HEADROOM = 2
+_HIST_MAX_COLUMNS = 280
+# A read that fails anyway (a wider tensor than estimated) is retried with this
+# fraction of the points, this many times.
+_RETRY_SHRINK = 4
+_RETRIES = 3
+
+
+def read_budget_bytes() -> int:
+    """Returns the per-call read budget: `TB_GRADSTATS_READ_BUDGET_MB` or `READ_BUDGET_BYTES`."""
+    raw = os.environ.get(READ_BUDGET_ENV, "").strip()
+    if raw:
+        try:
+            value = float(raw)
+        except ValueError:
+            logger.warning("tb_gradstats: ignoring %s=%r (not a number)", READ_BUDGET_ENV, raw)
+        else:
+            if value > 0:
+                return max(1, int(value * (1 << 20)))
+    return READ_BUDGET_BYTES
 
 # Content keys that describe the tensor layout rather than the run.
 _LAYOUT_KEYS = frozenset({"kind", "group", "rows", "row_kinds", "columns", "schema_version"})
@@ -117,6 +153,14 @@ class RunData:
         step_values: float64 `[S, len(step_columns)]`.
         step_columns: names of the step tensor columns.
         facts: run-level facts (policy, replicas, what_if) merged from the tags.
+        capped: tag → points read, for tags whose read hit the per-call byte
+            budget (`READ_BUDGET_BYTES`): the provider may hold more steps.
+        budget_bytes: the per-call byte budget the run was read with.
+        last_logged: the largest step any tag of the run has stored.
+        version: the reader's data version of this run; a new `RunData` (with a
+            higher version) replaces this one when the run's tags get new data.
+        derived: memo of results computed from this data (e.g. the plugin's
+            alerts); it lives and dies with this version of the data.
     """
 
     run: str
@@ -125,6 +169,11 @@ class RunData:
     step_values: np.ndarray
     step_columns: list[str]
     facts: dict
+    capped: dict[str, int] = dataclasses.field(default_factory=dict)
+    budget_bytes: int = 0
+    last_logged: int | None = None
+    version: int = 0
+    derived: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     def step_metric(self, name: str) -> np.ndarray:
         """Returns `[S]` values of step column `name` (KeyError if absent)."""
@@ -167,8 +216,11 @@ class Reader:
     Args:
         data_provider: a `tensorboard.data.provider.DataProvider`.
         experiment_id: the experiment id (`""` for a plain logdir).
-        downsample: points to ask the provider for per tag.
+        downsample: most points to ask the provider for per tag.
         list_ttl_s: seconds a tag listing is reused (0: list on every call).
+        read_budget: most bytes of tensor data one `read_tensors` call may
+            return (None: `read_budget_bytes()`). Tags are read one per call,
+            each asking for at most `read_budget // bytes per step` points.
     """
 
     def __init__(
@@ -177,7 +229,9 @@ class Reader:
         experiment_id: str = "",
         downsample: int = KEEP_ALL,
         list_ttl_s: float = 0.0,
+        read_budget: int | None = None,
     ):
+        self.read_budget = int(read_budget) if read_budget else read_budget_bytes()
         self._provider = data_provider
         self._list_ttl_s = list_ttl_s
         self._listing: tuple[float, dict] | None = None
@@ -185,6 +239,7 @@ class Reader:
         self._downsample = int(downsample) if downsample else KEEP_ALL
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[object, RunData, list[Skipped]]] = {}
+        self._versions = itertools.count(1)
         self.skipped: list[Skipped] = []
 
     def _list(self, ctx=None) -> dict:
@@ -258,19 +313,92 @@ class Reader:
                 skipped.append(Skipped(run, tag, str(e)))
         if not contents:
             return None, skipped
-        try:
-            tensors = self._provider.read_tensors(
-                ctx,
-                experiment_id=self._experiment_id,
-                plugin_name=metadata.PLUGIN_NAME,
-                downsample=self._downsample,
-                run_tag_filter=provider_lib.RunTagFilter(runs=[run], tags=list(contents)),
-            ).get(run, {})
-        except Exception as e:  # noqa: BLE001 - corrupt data must not raise
-            skipped += [Skipped(run, t, f"cannot read tensors: {e}") for t in contents]
+        tensors, capped = {}, {}
+        for tag, limit in self._limits(ctx, run, contents).items():
+            # Steps are distinct and >= 0, so a tag holds at most max_step + 1 points.
+            most = max(1, int(tags[tag].max_step) + 1)
+            try:
+                tensors[tag], limit = self._read_tag(ctx, run, tag, limit, most)
+            except Exception as e:  # noqa: BLE001 - corrupt data must not raise
+                skipped.append(Skipped(run, tag, f"cannot read tensors: {e}"))
+                continue
+            if limit < min(self._downsample, most) and len(tensors[tag]) >= limit:
+                capped[tag] = len(tensors[tag])
+        if not tensors:
             return None, skipped
-        data = _assemble(run, contents, tensors, skipped)
+        data = _assemble(run, {t: c for t, c in contents.items() if t in tensors},
+                         tensors, skipped)
+        if data is not None:
+            data.capped, data.budget_bytes = capped, self.read_budget
+            data.version = next(self._versions)
+            data.last_logged = max((int(tags[t].max_step) for t in contents), default=None)
         return data, skipped
+
+    def _limits(self, ctx, run: str, contents: dict) -> dict[str, int]:
+        """Returns tag → points to ask for so that one read stays within the budget.
+
+        The stats tags and the step tag share one count (the smallest), so
+        that a provider that samples by (stored points, count), as both of
+        TensorBoard's do, keeps the same steps in each and the groups line up.
+        """
+        limits, hist = {}, {}
+        for tag, info in contents.items():
+            if tag == metadata.STEP_TAG:
+                values = len(info["columns"])
+            elif info["kind"] == metadata.KIND_STATS:
+                values = len(info["rows"]) * len(info["columns"])
+            else:
+                width = self._hist_columns(ctx, run, tag)
+                hist[tag] = self._points_within_budget(len(info["rows"]) * width)
+                continue
+            limits[tag] = self._points_within_budget(values)
+        shared = min(limits.values(), default=self._downsample)
+        return {**dict.fromkeys(limits, shared), **hist}
+
+    def _points_within_budget(self, values_per_point: int) -> int:
+        # float64 values plus the step, wall time and message framing of each point.
+        per_point = 8 * max(1, values_per_point) + 64
+        return max(1, min(self._downsample, self.read_budget // per_point))
+
+    def _hist_columns(self, ctx, run: str, tag: str) -> int:
+        """Estimates a histogram tag's columns per row from its latest step."""
+        try:
+            latest = self._read(ctx, run, tag, 1)
+            width = max((np.shape(d.numpy)[-1] for d in latest if np.ndim(d.numpy) == 2),
+                        default=_HIST_MAX_COLUMNS)
+        except Exception:  # noqa: BLE001 - the real read reports the problem
+            width = _HIST_MAX_COLUMNS
+        return int(min(_HIST_MAX_COLUMNS, max(2, width * _HIST_WIDTH_HEADROOM)))
+
+    def _read(self, ctx, run: str, tag: str, downsample: int) -> list:
+        return self._provider.read_tensors(
+            ctx,
+            experiment_id=self._experiment_id,
+            plugin_name=metadata.PLUGIN_NAME,
+            downsample=downsample,
+            run_tag_filter=provider_lib.RunTagFilter(runs=[run], tags=[tag]),
+        ).get(run, {}).get(tag, [])
+
+    def _read_tag(self, ctx, run: str, tag: str, limit: int, most: int) -> tuple[list, int]:
+        """Reads one tag; a failed read is retried with fewer points.
+
+        Args:
+            limit: points to ask for.
+            most: an upper bound of the points the tag holds.
+
+        Returns:
+            `(data, the point count that was asked for)`.
+        """
+        for attempt in range(_RETRIES + 1):
+            try:
+                return self._read(ctx, run, tag, limit), limit
+            except Exception as e:  # noqa: BLE001 - e.g. gRPC RESOURCE_EXHAUSTED
+                if attempt == _RETRIES or limit <= 1:
+                    raise
+                logger.warning("tb_gradstats: reading %s/%s with %d points failed (%s); "
+                               "retrying with fewer", run, tag, limit, e)
+                limit = max(1, min(limit, most) // _RETRY_SHRINK)
+        raise AssertionError("unreachable")
 
 
 def _check_content(tag: str, content: bytes) -> dict:

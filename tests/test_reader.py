@@ -121,15 +121,28 @@ def test_corrupt_and_truncated_files_do_not_raise(tmp_path):
 
 
 class _CountingProvider:
-    def __init__(self, inner):
-        self.inner, self.reads = inner, 0
+    """Records `(run, tags, downsample)` of every `read_tensors` call."""
+
+    def __init__(self, inner, fail_over_bytes: int | None = None):
+        self.inner, self.calls = inner, []
+        self.fail_over_bytes = fail_over_bytes
 
     def list_tensors(self, *a, **k):
         return self.inner.list_tensors(*a, **k)
 
     def read_tensors(self, *a, **k):
-        self.reads += 1
-        return self.inner.read_tensors(*a, **k)
+        rtf = k["run_tag_filter"]
+        self.calls.append((tuple(rtf.runs), tuple(rtf.tags), k["downsample"]))
+        out = self.inner.read_tensors(*a, **k)
+        if self.fail_over_bytes is not None:  # like gRPC's message size limit
+            size = sum(np.asarray(d.numpy).nbytes for tags in out.values()
+                       for data in tags.values() for d in data)
+            if size > self.fail_over_bytes:
+                raise RuntimeError(f"RESOURCE_EXHAUSTED: {size} > {self.fail_over_bytes}")
+        return out
+
+    def runs_read(self, since: int = 0) -> list[str]:
+        return sorted({run for runs, _, _ in self.calls[since:] for run in runs})
 
 
 def test_cache_rereads_only_changed_runs(tmp_path):
@@ -144,14 +157,16 @@ def test_cache_rereads_only_changed_runs(tmp_path):
     prov = _CountingProvider(data_provider.MultiplexerDataProvider(mux, str(tmp_path)))
     r = reader.Reader(prov)
     first, _ = r.read_all()
-    assert prov.reads == 2
+    assert prov.runs_read() == ["a", "b"]
+    n = len(prov.calls)
     again, _ = r.read_all()
-    assert prov.reads == 2 and again["a"] is first["a"]
+    assert len(prov.calls) == n and again["a"] is first["a"]
     write_synthetic_run(tmp_path, "c", steps=range(3))
     mux.AddRunsFromDirectory(str(tmp_path))
     mux.Reload()
     third, _ = r.read_all()
-    assert prov.reads == 3 and third["b"] is first["b"]
+    assert prov.runs_read(n) == ["c"] and third["b"] is first["b"]
+    assert third["c"].version > max(first["a"].version, first["b"].version)
     np.testing.assert_array_equal(third["c"].groups["float32"].steps, range(3))
     assert r.run_data("nope") is None and r.runs() == ["a", "b", "c"]
 
@@ -164,3 +179,69 @@ def test_long_rows_cover_every_value(tmp_path):
     assert len(rows) == 4 * (n_rows * len(run.columns) + len(metadata.STEP_METRICS))
     assert rows[0] == ("r", 0, "float32", "*", "count", run.stats["float32"][0, 0, 0])
     assert rows[-1][2:5] == ("_step", "*", "nonfinite_applied")
+
+
+def _wide_run(tmp_path, n_steps=300, layers=20, hist_width=30):
+    names = tuple(f"d{i}/kernel" for i in range(layers))
+    run = write_synthetic_run(tmp_path, "wide", steps=range(n_steps), groups={"float32": names},
+                              hist_width=hist_width)
+    prov = reader.logdir_provider(str(tmp_path))
+    return run, prov
+
+
+def test_reads_stay_within_the_byte_budget(tmp_path):
+    # A provider that fails oversize reads, like the Rust data server behind gRPC's
+    # 256 MiB message limit: one unbounded read of the run would fail and serve nothing.
+    run, inner = _wide_run(tmp_path)
+    rows, cols = len(run.rows["float32"]), len(run.columns)
+    budget = 40 * (8 * rows * cols + 64)  # 40 steps of the stats tag
+    prov = _CountingProvider(inner, fail_over_bytes=budget)
+    r = reader.Reader(prov, read_budget=budget)
+    data, skipped = r.read_all()
+    assert skipped == []
+    d = data["wide"]
+    g = d.groups["float32"]
+    assert 1 < len(g.steps) <= 40 and g.steps[-1] == 299  # the latest step is always kept
+    np.testing.assert_array_equal(g.stats, run.stats["float32"][g.steps])
+    assert 1 < len(g.hist_steps) < 300 and g.hist_steps[-1] == 299
+    assert len(d.step_steps) == len(g.steps)  # stats and step tag share one count
+    np.testing.assert_array_equal(d.step_steps, g.steps)
+    assert set(d.capped) == {metadata.stats_tag("float32"), metadata.hist_tag("float32"),
+                             metadata.STEP_TAG}
+    assert d.budget_bytes == budget and d.last_logged == 299
+    assert all(len(tags) == 1 for _, tags, _ in prov.calls)  # one tag per call
+    # every call asked for no more points than fit the budget for its tag
+    stats_calls = [c for c in prov.calls if c[1] == (metadata.stats_tag("float32"),)]
+    assert stats_calls and all(c[2] * 8 * rows * cols <= budget for c in stats_calls)
+
+
+def test_a_read_that_fails_anyway_is_retried_with_fewer_points(tmp_path):
+    # The budget is far above what the provider accepts (a tensor wider than
+    # estimated): each failing read is retried with a quarter of the points.
+    run, inner = _wide_run(tmp_path)
+    prov = _CountingProvider(inner, fail_over_bytes=100_000)
+    data, skipped = reader.Reader(prov, read_budget=1 << 40).read_all()
+    assert skipped == []
+    g = data["wide"].groups["float32"]
+    assert 1 < len(g.steps) < 300 and g.steps[-1] == 299
+    assert metadata.stats_tag("float32") in data["wide"].capped
+    prov = _CountingProvider(inner, fail_over_bytes=10)  # nothing fits: skipped, not raised
+    data, skipped = reader.Reader(prov).read_all()
+    assert "wide" not in data and {s.tag for s in skipped} >= {metadata.stats_tag("float32")}
+    assert all("RESOURCE_EXHAUSTED" in s.reason for s in skipped)
+
+
+def test_small_runs_are_not_capped(tmp_path):
+    run, prov = _wide_run(tmp_path, n_steps=50, layers=2, hist_width=3)
+    data, skipped = reader.Reader(prov).read_all()
+    assert skipped == [] and data["wide"].capped == {}
+    assert len(data["wide"].groups["float32"].steps) == 50
+
+
+def test_read_budget_env_var(monkeypatch):
+    monkeypatch.setenv(reader.READ_BUDGET_ENV, "2.5")
+    assert reader.read_budget_bytes() == int(2.5 * (1 << 20))
+    monkeypatch.setenv(reader.READ_BUDGET_ENV, "lots")
+    assert reader.read_budget_bytes() == reader.READ_BUDGET_BYTES
+    monkeypatch.delenv(reader.READ_BUDGET_ENV)
+    assert reader.read_budget_bytes() == reader.READ_BUDGET_BYTES
