@@ -18,6 +18,7 @@ import collections
 import csv
 import importlib.util
 import io
+import json
 import logging
 import os
 import re
@@ -25,7 +26,7 @@ import threading
 
 import numpy as np
 from tensorboard import errors, plugin_util
-from tensorboard.backend import http_util
+from tensorboard.backend import http_util, json_util
 from tensorboard.plugins import base_plugin
 from werkzeug import wrappers
 
@@ -48,6 +49,14 @@ LIST_TTL_S = 1.0
 # used experiment ids. Any URL `/experiment/<id>/...` names one, so the map must
 # not grow with the number of ids a client makes up.
 MAX_READERS = 4
+
+# /heatmap JSON: values rounded to this many significant digits (the tab's colour
+# scale has 256 steps and its tooltip shows 4 digits; NaN/Inf are kept), and at
+# most this many cells (columns are aggregated further when rows x max_steps is
+# more). Together they keep the view under ~1 MB: 201 rows x 1100 columns of
+# full-precision floats were 4.8 MB. The CSV export keeps exact values.
+HEATMAP_DIGITS = 4
+MAX_HEATMAP_CELLS = 100_000
 
 CSV_HEADER = ("run", "step", "group", "layer", "metric", "value")
 STEP_GROUP = "_step"
@@ -231,16 +240,17 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
 
     @wrappers.Request.application
     def _serve_heatmap(self, request):
-        return _json(request, self._heatmap(request))
+        return _json(request, self._heatmap(request, digits=HEATMAP_DIGITS,
+                                            max_cells=MAX_HEATMAP_CELLS))
 
-    def _heatmap(self, request) -> dict:
+    def _heatmap(self, request, digits: int | None = None, max_cells: int | None = None) -> dict:
         (data,) = self._runs(request, [_arg(request, "run")])
         group_name, metric = _arg(request, "group"), _metric(request)
         max_steps = _int(request, "max_steps", 400, 1, 20000)
         max_rows = _int(request, "max_rows", 200, 2, 20000)
         g, _ = _find(data, metadata.GROUP_ROW, group_name)
         return {"run": data.run, "group": g.group, "metric": metric, "aggregate": "max",
-                **heatmap(g, _values(g, metric), max_steps, max_rows)}
+                **heatmap(g, _values(g, metric), max_steps, max_rows, digits, max_cells)}
 
     @wrappers.Request.application
     def _serve_histogram(self, request):
@@ -287,7 +297,7 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
         chosen = _list(request, "run", 0)
         found = []
         for run in self._runs(request, chosen or list(data)):
-            found += alerts_lib.at_least(alerts_lib.evaluate(run), severity)
+            found += alerts_lib.at_least(run_alerts(run), severity)
         skipped = [s for s in skipped if not chosen or s.run in chosen]
         return _json(request, {"alerts": [a.as_json() for a in found],
                                "skipped": [s.as_json() for s in skipped]})
@@ -295,7 +305,7 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
     @wrappers.Request.application
     def _serve_overview(self, request):
         data, _ = self._all(request)
-        return _json(request, {"runs": [_overview(d) for d in data.values()]})
+        return _json(request, {"runs": [_memo(d, "overview", _overview) for d in data.values()]})
 
     @wrappers.Request.application
     def _serve_export(self, request):
@@ -344,7 +354,10 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
 
 
 def _json(request, obj):
-    return http_util.Respond(request, obj, "application/json")
+    # What `http_util.Respond` does with a dict, without the blanks after `,` and `:`
+    # (one byte per number: ~10% of a heatmap).
+    body = json.dumps(json_util.Cleanse(obj), separators=(",", ":"))
+    return http_util.Respond(request, body, "application/json")
 
 
 def _arg(request, name: str) -> str:
@@ -457,7 +470,8 @@ def _bucket_starts(n: int, n_buckets: int) -> np.ndarray:
     return np.unique((np.arange(n_buckets) * n) // n_buckets)
 
 
-def heatmap(g: reader.GroupData, values: np.ndarray, max_steps: int, max_rows: int) -> dict:
+def heatmap(g: reader.GroupData, values: np.ndarray, max_steps: int, max_rows: int,
+            digits: int | None = None, max_cells: int | None = None) -> dict:
     """Aggregates a `[T, rows]` metric into at most `max_steps` x `max_rows` cells by max.
 
     NaN wins a cell (it must stay visible). Row 0 (`*`) is always its own row;
@@ -468,11 +482,15 @@ def heatmap(g: reader.GroupData, values: np.ndarray, max_steps: int, max_rows: i
         values: `[T, rows]` values of one metric.
         max_steps: most columns.
         max_rows: most rows, the group row included.
+        digits: round the cells to this many significant digits (None: exact).
+        max_cells: fewer columns than `max_steps` if rows x columns would exceed it.
 
     Returns:
         `rows`, `row_index`, `steps`, `step_ranges` and `values` (`[rows][columns]`).
     """
     n_steps, n_rows = values.shape
+    if max_cells:
+        max_steps = max(1, min(max_steps, max_cells // max(1, min(max_rows, n_rows))))
     if n_steps == 0:
         return {"rows": list(g.rows), "row_index": list(range(n_rows)), "steps": [],
                 "step_ranges": [], "values": [[] for _ in range(n_rows)]}
@@ -487,7 +505,31 @@ def heatmap(g: reader.GroupData, values: np.ndarray, max_steps: int, max_rows: i
         starts.tolist(), last.tolist(), strict=True)]
     return {"rows": names, "row_index": starts.tolist(), "steps": g.steps[cols].tolist(),
             "step_ranges": np.stack([g.steps[cols], g.steps[ends]], 1).tolist(),
-            "values": cells.tolist()}
+            "values": (cells if digits is None else round_significant(cells, digits)).tolist()}
+
+
+def round_significant(values: np.ndarray, digits: int) -> np.ndarray:
+    """Rounds to `digits` significant digits; zeros, NaN and ±Inf stay as they are.
+
+    Each result is the float nearest to a `digits`-digit decimal, so JSON writes
+    it short (`0.02457`, `1.234e-05`) instead of 17 digits.
+
+    Example:
+
+    >>> round_significant(np.array([0.024570558817, 123456.0, -1.23456e-5]), 4).tolist()
+    [0.02457, 123500.0, -1.235e-05]
+    """
+    values = np.asarray(values, dtype=np.float64)
+    out = values.copy()
+    ok = np.isfinite(values) & (values != 0)
+    x = values[ok]
+    shift = (digits - 1) - np.floor(np.log10(np.abs(x))).astype(np.int64)
+    up = shift >= 0  # multiply/divide by exact powers of ten in the right order
+    with np.errstate(over="ignore", invalid="ignore"):  # near the float64 limits
+        scale = 10.0 ** np.abs(shift).astype(np.float64)
+        x = np.where(up, np.round(x * scale) / scale, np.round(x / scale) * scale)
+    out[ok] = np.where(np.isfinite(x), x, values[ok])  # 10**308-ish overflow: keep as is
+    return out
 
 
 def _at_or_before(steps: np.ndarray, step: int) -> int:
@@ -539,9 +581,23 @@ def _run_summary(data: reader.RunData) -> dict:
         "what_if": list(data.facts.get("what_if") or []),
         "steps": {"first": int(steps[0]) if len(steps) else None,
                   "last": int(steps[-1]) if len(steps) else None, "count": int(len(steps))},
+        "last_logged": data.last_logged,
+        "capped": bool(data.capped),
+        "note": _capped_note(data),
         "groups": [{"group": g.group, "rows": g.rows, "row_kinds": g.row_kinds,
                     "columns": g.columns} for g in data.groups.values()],
     }
+
+
+def _capped_note(data: reader.RunData) -> str | None:
+    """Says (for the user) that fewer steps are served than TensorBoard stores, or None."""
+    if not data.capped:
+        return None
+    tag, points = min(data.capped.items(), key=lambda item: item[1])
+    return (f"Serving a uniform sample of the stored steps (latest kept): one read of a tag is "
+            f"limited to {data.budget_bytes / (1 << 20):.0f} MiB, i.e. {points} steps of "
+            f"{tag}. Set {reader.READ_BUDGET_ENV} (MiB) to change the limit; TensorBoard's "
+            f"Rust data server (--load_fast=true) rejects reads over 256 MiB.")
 
 
 def global_norm(data: reader.RunData) -> tuple[np.ndarray, np.ndarray]:
@@ -559,8 +615,28 @@ def global_norm(data: reader.RunData) -> tuple[np.ndarray, np.ndarray]:
     return steps, np.sqrt(total)
 
 
+def _memo(data: reader.RunData, key: str, compute):
+    """Returns `compute(data)`, computed once per version of the run's data.
+
+    The reader hands out the same `RunData` until the run's tags get new data,
+    then a new one with an empty `derived`: so a memo is never stale, and
+    repeated requests (the tab polls) do not redo the work. Two threads may
+    both compute a missing entry; they get equal results.
+    """
+    try:
+        return data.derived[key]
+    except KeyError:
+        value = data.derived[key] = compute(data)
+        return value
+
+
+def run_alerts(data: reader.RunData) -> list[alerts_lib.Alert]:
+    """Returns `alerts.evaluate(data)`, evaluated once per version of the run's data."""
+    return _memo(data, "alerts", alerts_lib.evaluate)
+
+
 def _overview(data: reader.RunData, n_worst: int = 5) -> dict:
-    found = alerts_lib.evaluate(data)
+    found = run_alerts(data)
     worst, seen = [], set()
     for a in found:  # errors first
         if a.group != STEP_GROUP and (a.group, a.layer) not in seen and len(worst) < n_worst:

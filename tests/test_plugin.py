@@ -142,8 +142,39 @@ def test_heatmap_aggregates_by_max_and_bands_rows(env):
 def test_heatmap_full_resolution_equals_fixture(env):
     out = get_json(env, "/heatmap", run="a", group="float32", metric="l2_norm")
     col = env["a"].columns.index("l2_norm")
+    expected = env["a"].stats["float32"][:, :, col].T
+    # the JSON carries 4 significant digits (plenty for a colour scale and the tooltip)
+    np.testing.assert_allclose(np.array(out["values"]), expected, rtol=5e-4)
     np.testing.assert_array_equal(np.array(out["values"]),
-                                  env["a"].stats["float32"][:, :, col].T)
+                                  plugin.round_significant(expected, plugin.HEATMAP_DIGITS))
+    # the CSV export of the same view stays exact
+    rows = _csv(env, view="heatmap", run="a", group="float32", metric="l2_norm")
+    assert [float(r[5]) for r in rows] == expected.ravel().tolist()
+
+
+def test_heatmap_json_is_rounded_and_bounded(env, monkeypatch):
+    out = get_json(env, "/heatmap", run="a", group="float32", metric="max", max_steps=6,
+                   max_rows=2)
+    assert "NaN" in out["values"][1]  # non-finite cells keep their label
+    raw = get(env, "/heatmap", run="a", group="float32", metric="l2_norm").get_data()
+    assert b", " not in raw and b'"values":[[' in raw  # compact JSON
+    assert all(len(repr(v)) <= 12 for row in json.loads(raw)["values"] for v in row)
+    monkeypatch.setattr(plugin, "MAX_HEATMAP_CELLS", 3 * 10)  # 3 rows: at most 10 columns
+    out = get_json(env, "/heatmap", run="a", group="float32", metric="max", max_steps=500)
+    assert len(out["rows"]) == 3 and len(out["steps"]) == 10
+    assert out["step_ranges"][0][0] == 0 and out["step_ranges"][-1][1] == 2 * (N - 1)
+
+
+def test_round_significant():
+    x = np.array([0.024570558817, 123456.0, -1.23456e-5, 0.0, np.nan, np.inf, -np.inf,
+                  5e-324, 1.7976931348623157e308, 99995.0])
+    y = plugin.round_significant(x, 4)
+    assert y[:4].tolist() == [0.02457, 123500.0, -1.235e-05, 0.0]
+    assert np.isnan(y[4]) and y[5] == np.inf and y[6] == -np.inf
+    assert y[7] == 5e-324 and y[8] == x[8] and y[9] == 1e5
+    rng = np.random.default_rng(0)
+    z = rng.lognormal(0, 8, 10_000) * rng.choice([-1, 1], 10_000)
+    np.testing.assert_allclose(plugin.round_significant(z, 4), z, rtol=5e-4)
 
 
 def test_histogram_latest_and_at_step(env):
@@ -320,3 +351,59 @@ def test_garbage_parameters_never_500(env):
         params = {n: garbage[rng.integers(len(garbage))] for n in names if rng.random() < 0.6}
         resp = get(env, route, **params)
         assert resp.status_code in (200, 400, 404), (route, params, resp.get_data()[:300])
+
+
+def _live_plugin(logdir, monkeypatch):
+    from tensorboard.backend import application
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+    from werkzeug import test as werkzeug_test
+
+    monkeypatch.setattr(plugin, "LIST_TTL_S", 0.0)
+    mux = plugin_event_multiplexer.EventMultiplexer(tensor_size_guidance={metadata.PLUGIN_NAME: 0})
+    mux.AddRunsFromDirectory(str(logdir))
+    mux.Reload()
+    ctx = base_plugin.TBContext(
+        logdir=str(logdir), data_provider=data_provider.MultiplexerDataProvider(mux, str(logdir)))
+    client = werkzeug_test.Client(application.TensorBoardWSGI([plugin.GradientHealthLoader().load(
+        ctx)]))
+    return {"client": client, "mux": mux}
+
+
+def test_alerts_are_evaluated_once_per_data_version(tmp_path, monkeypatch):
+    write_synthetic_run(tmp_path, "r", steps=range(10))
+    write_synthetic_run(tmp_path, "s", steps=range(10))
+    live = _live_plugin(tmp_path, monkeypatch)
+    calls = []
+    evaluate = plugin.alerts_lib.evaluate
+    monkeypatch.setattr(plugin.alerts_lib, "evaluate",
+                        lambda data, *a, **k: calls.append(data.run) or evaluate(data, *a, **k))
+    first = get_json(live, "/alerts")
+    assert sorted(calls) == ["r", "s"]
+    overview = get_json(live, "/overview")
+    for _ in range(3):
+        assert get_json(live, "/alerts") == first
+        assert get_json(live, "/overview") == overview
+        get_json(live, "/alerts", run="r", severity="error")
+    assert sorted(calls) == ["r", "s"]  # /overview reuses the alerts of /alerts
+    write_synthetic_run(tmp_path, "r", steps=range(10, 20))  # new data in run r only
+    live["mux"].Reload()
+    get_json(live, "/overview")
+    get_json(live, "/alerts")
+    assert sorted(calls) == ["r", "r", "s"]
+
+
+def test_runs_say_when_fewer_steps_are_served_than_stored(tmp_path, monkeypatch):
+    write_synthetic_run(tmp_path, "wide", steps=range(200),
+                        groups={"float32": tuple(f"d{i}/kernel" for i in range(10))})
+    write_synthetic_run(tmp_path, "small", steps=range(3), groups={"float32": ("d/kernel",)})
+    n_values = 11 * len(metadata.metric_names(("float16", "bfloat16")))
+    budget = 50 * (8 * n_values + 64)  # 50 steps of the wide run's stats tag
+    monkeypatch.setenv("TB_GRADSTATS_READ_BUDGET_MB", str(budget / (1 << 20)))
+    live = _live_plugin(tmp_path, monkeypatch)
+    runs = {r["run"]: r for r in get_json(live, "/runs")["runs"]}
+    wide, small = runs["wide"], runs["small"]
+    assert 1 < wide["steps"]["count"] <= 50 and wide["steps"]["last"] == 199
+    assert wide["capped"] is True and wide["last_logged"] == 199
+    assert "TB_GRADSTATS_READ_BUDGET_MB" in wide["note"] and "sample" in wide["note"]
+    assert small["steps"]["count"] == 3 and small["capped"] is False and small["note"] is None
