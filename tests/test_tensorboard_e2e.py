@@ -58,11 +58,11 @@ def _tensorboard_binary() -> str:
 
 
 @contextlib.contextmanager
-def _tensorboard(logdir: str, load_fast: str):
+def _tensorboard(logdir: str, load_fast: str, env_extra: dict | None = None):
     port = _free_port()
     cmd = [_tensorboard_binary(), "--logdir", logdir, "--host", "127.0.0.1", "--port",
            str(port), f"--load_fast={load_fast}", "--reload_interval", "1"]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env_extra or {}))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     try:
         yield f"http://127.0.0.1:{port}"
@@ -115,3 +115,38 @@ def test_all_steps_survive_default_sampling(logdir, load_fast):
         assert st["series"][0]["values"] == [2.0 ** (step % 16) for step in range(N_STEPS)]
         h = _get(api + "/histogram?run=long&layer=d/kernel")
         assert h["steps"] == list(range(N_STEPS)) and h["step"] == N_STEPS - 1
+
+
+@pytest.mark.parametrize("load_fast", ["false", "true"])
+def test_read_budget_serves_a_sample_and_says_so(logdir, load_fast):
+    # A budget far below the run's size stands in for gRPC's 256 MiB limit: the
+    # plugin must serve a sample of the steps (latest kept) and say so, not skip the run.
+    if load_fast == "true":
+        pytest.importorskip("tensorboard_data_server")
+    from tb_gradstats import metadata, reader
+
+    values = 2 * len(metadata.metric_names(("float16", "bfloat16")))  # rows x columns
+    points = 200
+    budget_mb = points * (8 * values + 64) / (1 << 20)
+    with _tensorboard(logdir, load_fast, {reader.READ_BUDGET_ENV: repr(budget_mb)}) as base:
+        api = base + "/data/plugin/gradient_health"
+        deadline, run = time.monotonic() + TIMEOUT_S, {}
+        while time.monotonic() < deadline:  # until the whole run is loaded
+            try:
+                runs = {r["run"]: r for r in _get(api + "/runs")["runs"]}
+                run = runs.get("long", {})
+                if run.get("last_logged") == N_STEPS - 1 and run["steps"]["last"] == N_STEPS - 1:
+                    break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.5)
+        assert run.get("capped") is True, run
+        assert 1 < run["steps"]["count"] <= points
+        assert reader.READ_BUDGET_ENV in run["note"]
+        s = _get(api + "/series?run=long&metric=l2_norm&layer=d/kernel&max_points=20000")
+        (series,) = s["series"]
+        steps = series["steps"]
+        assert len(steps) == run["steps"]["count"] and steps[-1] == N_STEPS - 1
+        assert series["values"] == [step + 0.25 for step in steps]  # sampled, not altered
+        st = _get(api + "/step_series?run=long&metric=loss_scale&max_points=20000")
+        assert st["series"][0]["steps"] == steps  # stats and step tag share the sample
