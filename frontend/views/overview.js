@@ -39,9 +39,12 @@ function card(r, ctx) {
       h("span", { class: "card-title", title: r.run }, r.run),
       h("span", { class: "badge" }, r.policy || info.policy || "?")),
     h("div", { class: "card-meta" },
-      steps.count ? `steps ${steps.first}–${steps.last} (${steps.count} logged)` : "no steps",
+      steps.count
+        ? `steps ${steps.first}–${steps.last} (${steps.count} ${info.capped ? "shown" : "logged"})`
+        : "no steps",
       info.replicas > 1 ? ` · ${info.replicas} replicas` : "",
       r.skipped_steps ? h("span", { class: "bad" }, ` · ${r.skipped_steps} skipped steps`) : ""),
+    info.note ? h("div", { class: "card-meta muted", title: info.note }, info.note) : "",
     h("div", { class: "chips" }, chip("error", a.error), chip("warning", a.warning), chip("info", a.info)));
   el.appendChild(spark("loss scale", r.loss_scale, { logY: true, color: "#1976d2" },
     () => ctx.go("series", { runs: [r.run], metric: "step/loss_scale" })));
