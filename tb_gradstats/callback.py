@@ -31,7 +31,8 @@ class GradientHealth(keras.callbacks.Callback):
     Args:
         log_dir: the run directory to write to (e.g. `"runs/exp1"`).
         update_freq: `int`: log every this many training steps (the first step
-            is always logged); `"epoch"`: log the first step of every epoch.
+            is always logged); `"epoch"`: log the second step of every epoch (the
+            first one's update provides the weights `update_ratio` compares with).
             The default, 100, added 1.5% per step on a 1M-parameter MLP
             (benchmarks/README.md); logging a step costs a few passes over
             the gradients plus one small device-to-host copy.
@@ -74,11 +75,13 @@ class GradientHealth(keras.callbacks.Callback):
         self._writer = GradientHealthWriter(self.log_dir)
         self._host_step = 0
         self._last_end = -1
+        self._epoch_steps_left = 0
 
     def on_train_begin(self, logs=None):
         capture = self._capture_for(self.model)
         self._host_step = capture.step
         capture.install()
+        capture.snapshot_weights()  # pre-update weights of the first step
         # The model's step function was traced without the hook: swap in ours, traced
         # once per capture, and hand the untouched one back in on_train_end (no retrace).
         self._plain_train_function = self.model.train_function
@@ -91,7 +94,7 @@ class GradientHealth(keras.callbacks.Callback):
         self._last_end = -1
         if self.update_freq == "epoch":
             self._capture.request_log()
-            self._epoch_pending = True
+            self._epoch_steps_left = 2  # the requested step is the epoch's second
 
     def on_train_batch_end(self, batch, logs=None):
         # With steps_per_execution > 1, `batch` is the last step of the execution.
@@ -100,8 +103,9 @@ class GradientHealth(keras.callbacks.Callback):
         self._last_end = batch
         capture = self._capture
         due = capture.is_logged_between(first, self._host_step)
-        if self.update_freq == "epoch" and getattr(self, "_epoch_pending", False):
-            due, self._epoch_pending = True, False
+        if self.update_freq == "epoch" and self._epoch_steps_left > 0:
+            self._epoch_steps_left -= self._host_step - first
+            due = self._epoch_steps_left <= 0
         if due:
             self._flush()
 

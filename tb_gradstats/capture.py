@@ -129,6 +129,7 @@ class GradientCapture:
         with self.strategy.scope():
             self._step = tf.Variable(tf.constant(0, tf.int64), name="gh_step", **_ON_READ)
             self._request = tf.Variable(False, name="gh_request", **_ON_READ)
+            self._log_next = tf.Variable(False, name="gh_log_next", **_ON_READ)
             self._logged = tf.Variable(tf.constant(0, tf.int64), name="gh_logged", **_ON_READ)
             self._ints = tf.Variable(tf.zeros([k, n, n_int], tf.int64), name="gh_ints", **_ON_READ)
             self._floats = tf.Variable(tf.zeros([k, n, 4], tf.float64), name="gh_floats", **_ON_READ)
@@ -152,7 +153,11 @@ class GradientCapture:
         self._written_up_to = step - 1
 
     def request_log(self) -> None:
-        """Makes the next step a logged one (used for `update_freq="epoch"`)."""
+        """Logs the step after the next one (used for `update_freq="epoch"`).
+
+        The next step's update is where the pre-update weights for `update_ratio`
+        are copied, so the logged step is the one after it.
+        """
         for v in self.strategy.experimental_local_results(self._request):
             v.assign(True)
 
@@ -182,18 +187,24 @@ class GradientCapture:
         step = self._step.read_value()
         logged = self._is_logged(step)
         by_row = self._grads_by_row(grads, variables)
-        # Everything a logged step needs is read inside the branches: an unlogged step
-        # costs one counter read, two untaken conds and one increment.
+        # Nothing before the update reads a model weight: a read would order every
+        # weight's update after this cond, i.e. after the whole backward pass. The
+        # pre-update weights of a logged step were copied at the end of the step before.
         pre, iterations, scale = tf.cond(
             logged,
-            lambda: self._record_before(by_row, step),
-            lambda: (tf.zeros([len(self.rows), 4], tf.float64), tf.constant(0, tf.int64),
+            lambda: self._record_grads(by_row, step),
+            lambda: (tf.zeros([len(self.rows), 2], tf.float64), tf.constant(0, tf.int64),
                      tf.constant(1.0)),
         )
         result = self._original_apply(grads, trainable_variables)
         tf.cond(
             logged,
-            lambda: self._record_after(pre, iterations, scale),
+            lambda: self._record_update(pre, iterations, scale, step),
+            lambda: tf.constant(False),
+        )
+        tf.cond(
+            self._snapshot_due(step),
+            lambda: self._take_snapshot(step + 1),
             lambda: tf.constant(False),
         )
         self._step.assign_add(1)
@@ -201,8 +212,14 @@ class GradientCapture:
 
     def _is_logged(self, step):
         if self.config.update_freq is None:
-            return self._request.read_value()
+            return self._log_next.read_value()
         return tf.equal(step % self.config.update_freq, 0)
+
+    def _snapshot_due(self, step):
+        """Whether the next step is logged: then copy the weights this update produced."""
+        if self.config.update_freq is None:
+            return self._request.read_value()
+        return tf.equal((step + 1) % self.config.update_freq, 0)
 
     def _grads_by_row(self, grads, variables) -> list:
         by_row = [None] * len(self.rows)
@@ -219,31 +236,39 @@ class GradientCapture:
                 self._kinds[i] = metadata.ROW_SPARSE
         return by_row
 
-    def _record_before(self, by_row, step):
+    def _take_snapshot(self, for_step):
+        self._weights.take(for_step)
+        if self.config.update_freq is None:  # epoch mode: the request is served next step
+            self._request.assign(False)
+            self._log_next.assign(True)
+        return tf.constant(True)
+
+    def _record_grads(self, by_row, step):
         scale = None
         if self._loss_scale_var is not None:
             scale = tf.identity(self._loss_scale_var.value)
         iterations = tf.cast(tf.identity(self.optimizer.iterations), tf.int64)
         grads = [g.values if isinstance(g, tf.IndexedSlices) else g for g in by_row]
         ints, moments = stats.records(grads, self._boundaries, scale)
-        weight_sq = self._weights.take()
         slot = self._logged.read_value() % self.config.slots
         _assign_slot(self._ints, slot, ints)
         _assign_slot(self._slot_step, slot, step)
-        update_placeholder = tf.zeros_like(weight_sq)
-        pre = tf.concat([moments, tf.stack([update_placeholder, weight_sq], 1)], 1)
-        return pre, iterations, tf.constant(1.0) if scale is None else tf.cast(scale, tf.float32)
+        return moments, iterations, tf.constant(1.0) if scale is None else tf.cast(scale, tf.float32)
 
-    def _record_after(self, pre, iterations_before, scale):
-        update_sq = self._weights.update_sq()
-        floats = tf.concat([pre[:, :2], update_sq[:, None], pre[:, 3:]], 1)
+    def _record_update(self, moments, iterations_before, scale, step):
+        update_sq, weight_sq = self._weights.norms(step)
+        floats = tf.concat([moments, update_sq[:, None], weight_sq[:, None]], 1)
         slot = self._logged.read_value() % self.config.slots
         _assign_slot(self._floats, slot, floats)
         skipped = tf.equal(tf.cast(tf.identity(self.optimizer.iterations), tf.int64), iterations_before)
         _assign_slot(self._slot_vals, slot, tf.stack([scale, tf.cast(skipped, tf.float32)]))
         self._logged.assign_add(1)
-        self._request.assign(False)
+        self._log_next.assign(False)
         return tf.constant(True)
+
+    def snapshot_weights(self) -> None:
+        """Copies the current weights for the next step's `update_ratio` (eagerly, at fit start)."""
+        self._weights.take_eagerly(self.strategy, self.step)
 
     # ---- host side ----------------------------------------------------------
     def is_logged_between(self, first: int, stop: int) -> bool:
@@ -335,9 +360,10 @@ class GradientCapture:
 class _WeightSnapshot:
     """Float32 copies of the weights before a logged update, and the update norms.
 
-    Large variables get their own copy and reductions; small ones share one flat
-    copy with segment ids (see `stats.LARGE`), so the graph stays small for
-    many-variable models and fast for big ones. Create under the strategy's scope.
+    The copy is taken at the end of the step before a logged one (or at fit start),
+    so the logged step never reads a weight before its own update. Large variables
+    get their own copy and reductions; small ones share one flat copy with segment
+    ids (see `stats.LARGE`). Create under the strategy's scope.
 
     Args:
         variables: the monitored variables, in row order.
@@ -354,26 +380,43 @@ class _WeightSnapshot:
             tf.Variable(tf.zeros(self._vars[i].shape, tf.float32), name="gh_snapshot", **_ON_READ)
             for i in self._large
         ]
+        # The step whose pre-update weights the copy holds (-1: none yet).
+        self._for_step = tf.Variable(tf.constant(-1, tf.int64), name="gh_snapshot_step", **_ON_READ)
 
-    def take(self) -> tf.Tensor:
-        """Copies the current weights; returns `[V]` float64 sums of their squares."""
+    def _current(self):
         flat, seg = stats.flatten([_value(self._vars[i]) for i in self._small])
+        return flat, seg, [tf.cast(_value(self._vars[i]), tf.float32) for i in self._large]
+
+    def take(self, for_step) -> tf.Tensor:
+        """Copies the current weights as the pre-update weights of step `for_step`."""
+        flat, _, large = self._current()
         self._flat.assign(flat)
-        sums = [stats.sum_sq_by_segment(flat, seg, len(self._small))]
-        for i, copy in zip(self._large, self._copies):
-            w = tf.cast(_value(self._vars[i]), tf.float32)
+        for copy, w in zip(self._copies, large):
             copy.assign(w)
-            sums.append(stats.sum_sq_by_segment(w, None, 1))
-        return tf.gather(tf.concat(sums, 0), self._back)
+        self._for_step.assign(tf.cast(for_step, tf.int64))
+        return tf.constant(True)
 
-    def update_sq(self) -> tf.Tensor:
-        """Returns `[V]` float64 squared norms of (current weights - copy)."""
-        flat, seg = stats.flatten([_value(self._vars[i]) for i in self._small])
-        sums = [stats.sum_sq_by_segment(flat - self._flat, seg, len(self._small))]
-        for i, copy in zip(self._large, self._copies):
-            delta = tf.cast(_value(self._vars[i]), tf.float32) - copy
-            sums.append(stats.sum_sq_by_segment(delta, None, 1))
-        return tf.gather(tf.concat(sums, 0), self._back)
+    def take_eagerly(self, strategy, for_step: int) -> None:
+        """`take` outside any function: every local replica gets the (mirrored) weights."""
+        flat, _, large = self._current()
+        for var, value in [(self._flat, flat), *zip(self._copies, large),
+                           (self._for_step, tf.constant(for_step, tf.int64))]:
+            for component in strategy.experimental_local_results(var):
+                component.assign(value)
+
+    def norms(self, step) -> tuple[tf.Tensor, tf.Tensor]:
+        """Returns `[V]` float64 `(|w - copy|^2, |copy|^2)`; NaN when the copy is not of `step`."""
+        flat, seg, large = self._current()
+        n = len(self._small)
+        upd = [stats.sum_sq_by_segment(flat - self._flat, seg, n)]
+        w = [stats.sum_sq_by_segment(self._flat, seg, n)]
+        for copy, current in zip(self._copies, large):
+            upd.append(stats.sum_sq_by_segment(current - copy, None, 1))
+            w.append(stats.sum_sq_by_segment(copy, None, 1))
+        valid = tf.equal(self._for_step.read_value(), tf.cast(step, tf.int64))
+        nan = tf.constant(np.nan, tf.float64)
+        update_sq = tf.where(valid, tf.gather(tf.concat(upd, 0), self._back), nan)
+        return update_sq, tf.gather(tf.concat(w, 0), self._back)
 
 
 def _group_members(rows: Sequence[_Row]) -> dict[str, list[int]]:

@@ -83,6 +83,7 @@ class GradientMonitor:
     def install(self) -> GradientMonitor:
         """Hooks the optimizer. Trace (or retrace) your train step after this."""
         self._capture.install()
+        self._capture.snapshot_weights()  # pre-update weights of the next step
         return self
 
     def step_end(self, steps: int = 1) -> None:

@@ -190,11 +190,13 @@ def test_unwritable_log_dir_warns_once_and_training_goes_on(tmp_path, caplog):
     assert not os.path.exists(blocker / "run")
 
 
-def test_epoch_cadence_logs_the_first_step_of_each_epoch(tmp_path):
+def test_epoch_cadence_logs_the_second_step_of_each_epoch(tmp_path):
     model = _mlp()
     model.compile(keras.optimizers.SGD(0.01), "mse")
     x, y = _data(128)
     model.fit(x, y, batch_size=32, epochs=3, verbose=0,
               callbacks=[tb_gradstats.GradientHealth(str(tmp_path), update_freq="epoch")])
     steps = [s for s, _, _ in read_events(str(tmp_path))[metadata.stats_tag("float32")]]
-    assert steps == [0, 4, 8]
+    assert steps == [1, 5, 9]
+    _, arr, content = read_events(str(tmp_path))[metadata.stats_tag("float32")][0]
+    assert np.all(np.isfinite(arr[:, content["columns"].index("update_ratio")]))
