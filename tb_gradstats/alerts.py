@@ -416,11 +416,16 @@ def loss_scale_collapse(data: RunData, th: Thresholds) -> list[Alert]:
     )]
 
 
+def _step_hits(data: RunData, column: str) -> np.ndarray:
+    """Indices of the logged steps whose step-tensor `column` is positive."""
+    if column not in data.step_columns:
+        return np.zeros(0, np.int64)
+    return np.flatnonzero(np.nan_to_num(data.step_metric(column)) > 0)
+
+
 def skipped_steps(data: RunData, th: Thresholds) -> list[Alert]:
     """Warning (info below the threshold): optimizer steps skipped by loss scaling."""
-    if "skipped_step" not in data.step_columns:
-        return []
-    hit = np.flatnonzero(np.nan_to_num(data.step_metric("skipped_step")) > 0)
+    hit = _step_hits(data, "skipped_step")
     if not len(hit):
         return []
     sev = "warning" if len(hit) >= th.skipped_steps_min else "info"
@@ -434,9 +439,7 @@ def skipped_steps(data: RunData, th: Thresholds) -> list[Alert]:
 
 def nonfinite_applied(data: RunData, th: Thresholds) -> list[Alert]:
     """Error: a replica saw NaN/Inf but the step was applied anyway."""
-    if "nonfinite_applied" not in data.step_columns:
-        return []
-    hit = np.flatnonzero(np.nan_to_num(data.step_metric("nonfinite_applied")) > 0)
+    hit = _step_hits(data, "nonfinite_applied")
     if not len(hit):
         return []
     replicas = data.facts.get("replicas") or 1
