@@ -262,30 +262,37 @@ def _geometric_median(values: list[float]) -> float:
     return float(np.exp(np.median(np.log(positive)))) if positive else 0.0
 
 
+def _streaks(data: RunData, th: Thresholds, rule: str, columns: tuple[str, ...],
+             mask: Callable[..., np.ndarray], message: Callable[[str, np.ndarray], str]) -> list[Alert]:
+    """Warnings for layers where `mask(*columns)` holds for `dead_min_steps`+ consecutive steps."""
+    out = []
+    for group in data.groups.values():
+        cols = [_column(group, c) for c in columns]
+        if any(c is None for c in cols):
+            continue
+        for r, layer in _layers(group):
+            start, length = _longest_true_run(mask(*(c[:, r] for c in cols)))
+            if length >= th.dead_min_steps:
+                steps = group.steps[start:start + length]
+                out.append(_alert("warning", rule, data, group.group, layer, steps, length,
+                                  th.dead_min_steps, message(layer, steps)))
+    return out
+
+
 def stalled_update(data: RunData, th: Thresholds) -> list[Alert]:
     """Warning: the gradient is nonzero but the weights do not move (`update_ratio == 0`).
 
     Low precision does this quietly: e.g. Adam under a pure bfloat16 policy, where
     `beta_2 = 0.999` rounds to 1.0, or updates below half an ulp of the weights.
     """
-    out = []
-    for group in data.groups.values():
-        ratio, zeros = _column(group, "update_ratio"), _column(group, "zero_fraction")
-        if ratio is None or zeros is None:
-            continue
-        for r, layer in _layers(group):
-            stalled = (ratio[:, r] == 0) & (zeros[:, r] < 1)
-            start, length = _longest_true_run(stalled)
-            if length >= th.dead_min_steps:
-                steps = group.steps[start:start + length]
-                out.append(_alert(
-                    "warning", "stalled_update", data, group.group, layer, steps, length,
-                    th.dead_min_steps,
-                    f"{layer}: the gradient is nonzero but the weights did not change for "
-                    f"{length} consecutive logged steps from step {steps[0]} (update lost "
-                    "to rounding, e.g. optimizer state or updates below the weights' precision).",
-                ))
-    return out
+    return _streaks(
+        data, th, "stalled_update", ("update_ratio", "zero_fraction"),
+        lambda ratio, zeros: (ratio == 0) & (zeros < 1),
+        lambda layer, steps: (
+            f"{layer}: the gradient is nonzero but the weights did not change for "
+            f"{len(steps)} consecutive logged steps from step {steps[0]} (update lost "
+            "to rounding, e.g. optimizer state or updates below the weights' precision)."),
+    )
 
 
 def zeros_rising(data: RunData, th: Thresholds) -> list[Alert]:
@@ -310,22 +317,12 @@ def zeros_rising(data: RunData, th: Thresholds) -> list[Alert]:
 
 def dead_layer(data: RunData, th: Thresholds) -> list[Alert]:
     """Warning: an all-zero gradient for many consecutive logged steps."""
-    out = []
-    for group in data.groups.values():
-        zeros = _column(group, "zero_fraction")
-        if zeros is None:
-            continue
-        for r, layer in _layers(group):
-            start, length = _longest_true_run(zeros[:, r] == 1.0)
-            if length >= th.dead_min_steps:
-                steps = group.steps[start:start + length]
-                out.append(_alert(
-                    "warning", "dead_layer", data, group.group, layer, steps, length,
-                    th.dead_min_steps,
-                    f"{layer}: gradient was all zeros for {length} consecutive logged steps "
-                    f"({steps[0]}..{steps[-1]}); the layer is not learning.",
-                ))
-    return out
+    return _streaks(
+        data, th, "dead_layer", ("zero_fraction",), lambda zeros: zeros == 1.0,
+        lambda layer, steps: (
+            f"{layer}: gradient was all zeros for {len(steps)} consecutive logged steps "
+            f"({steps[0]}..{steps[-1]}); the layer is not learning."),
+    )
 
 
 def low_precision_dtype(data: RunData, group: GroupData) -> str | None:
